@@ -1,0 +1,45 @@
+# attngraft — every set-up and check goes through these targets.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup data demo test test-all lint format lock clean
+
+setup: $(STAMP) data  ## create .venv, install the pinned stack + attngraft (editable), install the dataset
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
+	touch $@
+
+data:  ## the real default dataset (Fashion-MNIST) from the Debian package
+	@bash scripts/install-data.sh
+
+demo: setup
+	$(BIN)/attngraft data fashion-mnist
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-all: setup  ## includes the slow tests
+	$(BIN)/python -m pytest -m ''
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+lock: setup  ## re-pin the exact versions of the current .venv
+	{ echo '# Exact versions of the tested stack, used by `make setup` (pip install -c). Regenerate with `make lock`.'; \
+	  $(BIN)/python -m pip freeze --exclude-editable; } > requirements/constraints.txt.tmp
+	mv requirements/constraints.txt.tmp requirements/constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

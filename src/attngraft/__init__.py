@@ -1,0 +1,10 @@
+"""attngraft: add attention to vision models, graft it onto pretrained CNNs, train only what is new."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("attngraft")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0+unknown"
+
+__all__ = ["__version__"]

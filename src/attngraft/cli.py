@@ -1,0 +1,93 @@
+"""The ``attngraft`` command line: parses arguments, calls the library, prints results.
+
+User errors (unknown names, missing or corrupt data) exit with code 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from attngraft import __version__
+from attngraft.errors import AttngraftError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _format_summary_rows(name: str, data_dir: str | None, download: bool) -> list[str]:
+    from attngraft.data import summarize
+
+    summary = summarize(name, data_dir=data_dir, download=download)
+    sizes = summary.split_sizes
+    channels, height, width = summary.image_shape
+    official_train = sizes["train"] + sizes["val"]
+
+    def join(values: tuple[float, ...]) -> str:
+        return ", ".join(f"{value:.4f}" for value in values)
+
+    rows = [
+        f"dataset      {summary.name}",
+        f"found in     {summary.source}",
+        f"read from    {summary.root}",
+        f"splits       train {sizes['train']} + val {sizes['val']} (official train {official_train}), "
+        f"test {sizes['test']}",
+        f"image shape  {channels}x{height}x{width}",
+        f"mean         {join(summary.mean)}",
+        f"std          {join(summary.std)}",
+        "",
+        f"{'label':>5}  {'class':<24}{'train':>8}{'test':>8}",
+    ]
+    for label, class_name in enumerate(summary.classes):
+        train_count, test_count = summary.class_counts["train"][label], summary.class_counts["test"][label]
+        rows.append(f"{label:>5}  {class_name:<24}{train_count:>8}{test_count:>8}")
+    return rows
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from attngraft.data import get_dataset_spec, list_datasets
+
+    if args.list:
+        for name in list_datasets():
+            spec = get_dataset_spec(name)
+            print(f"{name:<14}{spec.num_classes or '?':>4} classes  {type(spec.source).__name__}")
+        return 0
+    print("\n".join(_format_summary_rows(args.name, args.data_dir, args.download)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``attngraft`` command."""
+    parser = argparse.ArgumentParser(prog="attngraft", description="Add attention to vision models.")
+    parser.add_argument("--version", action="version", version=f"attngraft {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (staging, downloads)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    data = commands.add_parser("data", help="locate a dataset and print its splits, classes and statistics")
+    data.add_argument("name", nargs="?", default="fashion-mnist", help="dataset name (default: fashion-mnist)")
+    data.add_argument("--data-dir", help="directory searched first for the files")
+    data.add_argument("--download", action="store_true", help="download with torchvision if not found")
+    data.add_argument("--list", action="store_true", help="list the registered datasets")
+    data.set_defaults(handler=_run_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``attngraft`` command; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except AttngraftError as error:
+        print(f"attngraft: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

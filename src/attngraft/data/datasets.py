@@ -1,0 +1,184 @@
+"""The dataset registry: each name maps to a :class:`DatasetSpec` (files, statistics, split sizes)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torchvision
+from torch.utils.data import Dataset
+
+from attngraft.data.locate import cache_dir
+from attngraft.data.sources import (
+    _CIFAR10,
+    _CIFAR100,
+    CifarSource,
+    IdxSource,
+    ImageFolderSource,
+    Located,
+    Source,
+)
+from attngraft.errors import DataNotFoundError
+from attngraft.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What attngraft knows about a dataset before reading it.
+
+    Attributes:
+        name: Registered name.
+        source: How its files are found and opened.
+        mean: Per-channel mean of the training images in [0, 1] (normalisation statistics).
+        std: Per-channel standard deviation of the training images.
+        val_size: Images of the official train set held out for validation (a float in (0, 1): a fraction).
+        num_classes: Number of classes, or None when it depends on the files (image folders).
+        image_shape: (C, H, W) of every image, or None when sizes vary.
+        install_hint: Extra ways to get the files, shown when they are not found.
+    """
+
+    name: str
+    source: Source
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    val_size: int | float
+    num_classes: int | None = None
+    image_shape: tuple[int, int, int] | None = None
+    install_hint: str = ""
+
+    @property
+    def can_download(self) -> bool:
+        """Whether ``download=True`` is supported (torchvision has a downloader for it)."""
+        return type(self.source).download is not Source.download
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
+def _register(spec: DatasetSpec) -> None:
+    DATASETS.add(spec.name, spec)
+
+
+_register(
+    DatasetSpec(
+        name="fashion-mnist",
+        source=IdxSource(
+            torchvision.datasets.FashionMNIST,
+            aliases=("fashion-mnist", "fashion_mnist", "FashionMNIST"),
+            system_dirs=("/usr/share/datasets/fashion-mnist",),
+        ),
+        mean=(0.2860,),
+        std=(0.3530,),
+        val_size=5_000,
+        num_classes=10,
+        image_shape=(1, 28, 28),
+        install_hint="sudo apt-get install -y dataset-fashion-mnist",
+    )
+)
+_register(
+    DatasetSpec(
+        name="mnist",
+        source=IdxSource(
+            torchvision.datasets.MNIST, aliases=("mnist", "MNIST"), system_dirs=("/usr/share/datasets/mnist",)
+        ),
+        mean=(0.1307,),
+        std=(0.3081,),
+        val_size=5_000,
+        num_classes=10,
+        image_shape=(1, 28, 28),
+    )
+)
+_register(
+    DatasetSpec(
+        name="cifar10",
+        source=CifarSource(_CIFAR10, download_class=torchvision.datasets.CIFAR10),
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        val_size=5_000,
+        num_classes=10,
+        image_shape=(3, 32, 32),
+    )
+)
+_register(
+    DatasetSpec(
+        name="cifar100",
+        source=CifarSource(_CIFAR100, download_class=torchvision.datasets.CIFAR100),
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
+        val_size=5_000,
+        num_classes=100,
+        image_shape=(3, 32, 32),
+    )
+)
+_register(
+    DatasetSpec(
+        name="imagefolder",
+        source=ImageFolderSource(),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        val_size=0.1,
+    )
+)
+
+
+def list_datasets(pattern: str | None = None) -> list[str]:
+    """Returns the registered dataset names, optionally filtered by a glob pattern."""
+    return DATASETS.names(pattern)
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    """Returns the spec of dataset ``name``; unknown names raise with the closest valid ones."""
+    return DATASETS.get(name)
+
+
+def locate_dataset(name: str, data_dir: str | Path | None = None, download: bool = False) -> Located:
+    """Finds dataset ``name``'s files, staging them into the user cache when needed.
+
+    Args:
+        name: Registered dataset name.
+        data_dir: A directory searched first.
+        download: When not found locally, download into the user cache with torchvision (needs internet).
+
+    Raises:
+        DataNotFoundError: Listing every searched directory and the ways to get the data.
+        CorruptDataError: Naming a file that was found but is truncated or corrupt.
+    """
+    spec = get_dataset_spec(name)
+    roots = spec.source.roots(data_dir)
+    for root in roots:
+        located = spec.source.find(root, name)
+        if located is not None:
+            logger.info("%s: found in %s", name, located.source)
+            return located
+    if download and spec.can_download:
+        logger.info("%s: downloading into %s", name, cache_dir())
+        spec.source.download(cache_dir())
+        located = spec.source.find(cache_dir(), name)
+        if located is not None:
+            return located
+    raise DataNotFoundError(_not_found_message(spec, roots))
+
+
+def _not_found_message(spec: DatasetSpec, roots: list[Path]) -> str:
+    ways = [spec.install_hint] if spec.install_hint else []
+    if spec.can_download:
+        ways.append("--download (torchvision's downloader, needs internet)")
+    ways.append("--data-dir DIR or ATTNGRAFT_DATA=DIR pointing at a copy")
+    searched = ", ".join(str(root) for root in roots) or "(no directory given)"
+    return (
+        f"dataset {spec.name!r} not found. Looked for {spec.source.expected_layout()} in: {searched}. "
+        f"Get it with: {'; or '.join(ways)}"
+    )
+
+
+def load_split(name: str, train: bool, data_dir: str | Path | None = None, download: bool = False) -> Dataset[Any]:
+    """Opens the official train (``train=True``) or test split of dataset ``name`` (images as PIL, no transform)."""
+    located = locate_dataset(name, data_dir=data_dir, download=download)
+    return get_dataset_spec(name).source.open(located.root, train=train)

@@ -1,0 +1,24 @@
+"""Exception types shared by every room of attngraft.
+
+User errors (a bad name, missing data, a corrupt file) derive from :class:`AttngraftError`; the CLI turns them
+into a one-line message and exit code 2. They also derive from the matching builtin (``ValueError``,
+``FileNotFoundError``) so callers can catch them the usual way.
+"""
+
+from __future__ import annotations
+
+
+class AttngraftError(Exception):
+    """Base class of errors caused by user input rather than by a bug."""
+
+
+class UnknownNameError(AttngraftError, ValueError):
+    """A name (block, model, dataset, ...) that no registry knows."""
+
+
+class DataNotFoundError(AttngraftError, FileNotFoundError):
+    """A dataset whose files could not be found in any searched location."""
+
+
+class CorruptDataError(AttngraftError, ValueError):
+    """A data file that exists but is truncated, corrupt or in the wrong format."""

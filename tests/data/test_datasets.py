@@ -1,0 +1,199 @@
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attngraft.data import get_dataset_spec, list_datasets, load_split, locate_dataset
+from attngraft.errors import CorruptDataError, DataNotFoundError, UnknownNameError
+
+from .fixtures import (
+    make_idx_arrays,
+    malicious_pickle,
+    tar_folder,
+    write_cifar_folder,
+    write_idx_dataset,
+    write_image_folder,
+)
+
+
+def test_registered_names() -> None:
+    assert list_datasets() == ["cifar10", "cifar100", "fashion-mnist", "imagefolder", "mnist"]
+
+
+def test_unknown_dataset_suggests_closest() -> None:
+    with pytest.raises(UnknownNameError, match=r"Did you mean 'fashion-mnist'.*Valid datasets: cifar10"):
+        get_dataset_spec("fashion_mnist")
+
+
+@pytest.mark.parametrize("gz", [True, False])
+@pytest.mark.parametrize("name", ["fashion-mnist", "mnist"])
+def test_idx_dataset_from_data_dir(tmp_path: Path, name: str, gz: bool) -> None:
+    arrays = make_idx_arrays()
+    write_idx_dataset(tmp_path / "copy", arrays, gz=gz)
+    train = load_split(name, train=True, data_dir=tmp_path / "copy")
+    test = load_split(name, train=False, data_dir=tmp_path / "copy")
+    assert (len(train), len(test)) == (40, 20)
+    image, label = train[7]
+    np.testing.assert_array_equal(np.asarray(image), arrays["train_images"][7])
+    assert label == 7
+
+
+def test_torchvision_layout_is_read_in_place(tmp_path: Path) -> None:
+    raw = write_idx_dataset(tmp_path / "FashionMNIST" / "raw", make_idx_arrays(), gz=False)
+    located = locate_dataset("fashion-mnist", data_dir=tmp_path)
+    assert located.root == tmp_path
+    assert located.source == raw
+
+
+def test_alias_subfolder_is_found(tmp_path: Path) -> None:
+    write_idx_dataset(tmp_path / "fashion-mnist", make_idx_arrays())
+    assert locate_dataset("fashion-mnist", data_dir=tmp_path).source == tmp_path / "fashion-mnist"
+
+
+def test_search_order_prefers_data_dir_over_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_idx_dataset(tmp_path / "explicit", make_idx_arrays(num_train=30))
+    write_idx_dataset(tmp_path / "env", make_idx_arrays(num_train=50))
+    monkeypatch.setenv("ATTNGRAFT_DATA", str(tmp_path / "env"))
+    assert len(load_split("mnist", train=True)) == 50
+    assert len(load_split("mnist", train=True, data_dir=tmp_path / "explicit")) == 30
+
+
+def test_staging_goes_to_cache_and_is_redone_when_source_changes(tmp_path: Path, isolated_cache: Path) -> None:
+    source = write_idx_dataset(tmp_path / "copy", make_idx_arrays(num_train=30))
+    located = locate_dataset("mnist", data_dir=source)
+    assert located.root.is_relative_to(isolated_cache)
+    staged = located.root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    first_inode = staged.stat().st_ino
+    assert locate_dataset("mnist", data_dir=source).root == located.root
+    assert staged.stat().st_ino == first_inode  # fresh: not staged again
+
+    write_idx_dataset(source, make_idx_arrays(num_train=50))
+    stamp = source / "train-images-idx3-ubyte.gz"
+    os.utime(stamp, ns=(stamp.stat().st_atime_ns, stamp.stat().st_mtime_ns + 10**9))
+    assert len(load_split("mnist", train=True, data_dir=source)) == 50
+
+
+def test_two_copies_never_share_a_staging_dir(tmp_path: Path) -> None:
+    first = write_idx_dataset(tmp_path / "a", make_idx_arrays(num_train=30))
+    second = write_idx_dataset(tmp_path / "b", make_idx_arrays(num_train=50))
+    assert len(load_split("mnist", train=True, data_dir=first)) == 30
+    assert len(load_split("mnist", train=True, data_dir=second)) == 50
+    assert len(load_split("mnist", train=True, data_dir=first)) == 30
+
+
+def test_not_found_lists_locations_and_remedies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = get_dataset_spec("fashion-mnist").source
+    monkeypatch.setattr(source, "system_dirs", (str(tmp_path / "system"),))
+    with pytest.raises(DataNotFoundError) as caught:
+        locate_dataset("fashion-mnist", data_dir=tmp_path / "nowhere")
+    message = str(caught.value)
+    for expected in (
+        str(tmp_path / "nowhere"),
+        str(tmp_path / "system"),
+        "apt-get install -y dataset-fashion-mnist",
+        "--download",
+        "--data-dir",
+        "train-images-idx3-ubyte",
+    ):
+        assert expected in message
+
+
+def test_truncated_gz_is_named(tmp_path: Path) -> None:
+    directory = write_idx_dataset(tmp_path / "copy", make_idx_arrays())
+    path = directory / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(CorruptDataError, match=r"t10k-images-idx3-ubyte.gz: truncated or corrupt gzip"):
+        locate_dataset("mnist", data_dir=directory)
+
+
+def test_truncated_raw_file_is_named(tmp_path: Path) -> None:
+    raw = write_idx_dataset(tmp_path / "MNIST" / "raw", make_idx_arrays(), gz=False)
+    path = raw / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(CorruptDataError, match="train-images-idx3-ubyte: truncated or corrupt IDX"):
+        locate_dataset("mnist", data_dir=tmp_path)
+
+
+def test_image_label_count_mismatch_is_named(tmp_path: Path) -> None:
+    arrays = make_idx_arrays()
+    arrays["test_labels"] = arrays["test_labels"][:5]
+    write_idx_dataset(tmp_path / "copy", arrays)
+    with pytest.raises(CorruptDataError, match="t10k has 20 images but 5 labels"):
+        locate_dataset("mnist", data_dir=tmp_path / "copy")
+
+
+def test_corrupt_gz_payload_is_named(tmp_path: Path) -> None:
+    directory = write_idx_dataset(tmp_path / "copy", make_idx_arrays())
+    (directory / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"not idx at all"))
+    with pytest.raises(CorruptDataError, match="not an IDX file"):
+        locate_dataset("mnist", data_dir=directory)
+
+
+@pytest.mark.parametrize(("name", "cifar100"), [("cifar10", False), ("cifar100", True)])
+def test_cifar_folder(tmp_path: Path, name: str, cifar100: bool) -> None:
+    write_cifar_folder(tmp_path, cifar100=cifar100)
+    train = load_split(name, train=True, data_dir=tmp_path)
+    test = load_split(name, train=False, data_dir=tmp_path)
+    assert len(train) == (10 if cifar100 else 50)
+    assert len(test) == 10
+    image, label = train[3]
+    assert np.asarray(image).shape == (32, 32, 3)
+    assert label == 3
+    assert train.classes[0] == "class_0"
+
+
+def test_cifar_archive_is_extracted_into_cache(tmp_path: Path, isolated_cache: Path) -> None:
+    folder = write_cifar_folder(tmp_path / "src")
+    tar_folder(folder, tmp_path / "cifar-10-python.tar.gz")
+    located = locate_dataset("cifar10", data_dir=tmp_path)
+    assert located.root.is_relative_to(isolated_cache)
+    assert len(load_split("cifar10", train=False, data_dir=tmp_path)) == 10
+
+
+def test_cifar_batch_that_runs_code_is_refused(tmp_path: Path) -> None:
+    folder = write_cifar_folder(tmp_path)
+    marker = tmp_path / "code-ran"
+    (folder / "data_batch_3").write_bytes(malicious_pickle(marker))
+    with pytest.raises(CorruptDataError, match=r"data_batch_3: .* is not allowed"):
+        load_split("cifar10", train=True, data_dir=tmp_path)
+    assert not marker.exists()
+
+
+def test_cifar_missing_batch_is_named(tmp_path: Path) -> None:
+    folder = write_cifar_folder(tmp_path)
+    (folder / "test_batch").unlink()
+    with pytest.raises(DataNotFoundError, match="test_batch: missing CIFAR batch file"):
+        load_split("cifar10", train=False, data_dir=tmp_path)
+
+
+def test_image_folder(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "pets")
+    train = load_split("imagefolder", train=True, data_dir=root)
+    assert len(train) == 6
+    assert train.classes == ["cat", "dog"]
+    image, label = train[4]
+    assert image.size == (16, 12)
+    assert label == 1
+
+
+def test_image_folder_needs_explicit_dir_and_names_layout(tmp_path: Path) -> None:
+    with pytest.raises(DataNotFoundError, match="train/<class>/<image> and test/<class>/<image>"):
+        locate_dataset("imagefolder")
+
+
+def test_image_folder_corrupt_image_is_named(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "pets")
+    broken = root / "train" / "dog" / "1.png"
+    broken.write_bytes(b"\x89PNG broken")
+    train = load_split("imagefolder", train=True, data_dir=root)
+    with pytest.raises(CorruptDataError, match=r"dog/1.png: unreadable image"):
+        train[4]
+
+
+def test_empty_image_folder_split_is_named(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    with pytest.raises(DataNotFoundError, match="train"):
+        load_split("imagefolder", train=True, data_dir=tmp_path)

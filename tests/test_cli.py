@@ -1,0 +1,66 @@
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from attngraft import __version__
+from attngraft.cli import main
+
+from .data.fixtures import make_idx_arrays, write_idx_dataset
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.strip() == f"attngraft {__version__}"
+
+
+def test_data_prints_location_splits_and_class_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_idx_dataset(tmp_path, make_idx_arrays(num_train=5_100, num_test=30))
+    assert main(["data", "mnist", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"found in     {tmp_path}" in out
+    assert "train 100 + val 5000 (official train 5100), test 30" in out
+    assert "image shape  1x28x28" in out
+    assert re.search(r"^\s+9\s+9 - nine\s+510\s+3$", out, re.MULTILINE)
+
+
+def test_data_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "--list"]) == 0
+    assert "fashion-mnist" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["data", "fashion_mnist"], "unknown dataset 'fashion_mnist'. Did you mean 'fashion-mnist'"),
+        (["data", "cifar10", "--data-dir", "/nonexistent"], "dataset 'cifar10' not found"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"attngraft: error: {message}")
+    assert err.count("\n") == 1
+
+
+def test_corrupt_file_exits_2_without_traceback(tmp_path: Path) -> None:
+    write_idx_dataset(tmp_path, make_idx_arrays())
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b broken")
+    result = subprocess.run(
+        [sys.executable, "-m", "attngraft.cli", "data", "mnist", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "train-labels-idx1-ubyte.gz: truncated or corrupt gzip" in result.stderr
+
+
+def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: attngraft" in capsys.readouterr().out
