@@ -64,3 +64,15 @@ def test_corrupt_file_exits_2_without_traceback(tmp_path: Path) -> None:
 def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "usage: attngraft" in capsys.readouterr().out
+
+
+def test_blocks_lists_every_block_with_parameters(capsys: pytest.CaptureFixture[str]) -> None:
+    from attngraft.blocks import list_blocks
+
+    assert main(["blocks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "family", "input", "params@64"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert sorted(rows) == list_blocks()
+    assert re.search(r"^mhsa\s+self-attention\s+\(B, N, C\)\s+16,640$", rows["mhsa"])
+    assert re.search(r"^se\s+channel\s+\(B, C, H, W\)\s+1,096$", rows["se"])

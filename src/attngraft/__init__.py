@@ -7,4 +7,6 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+from attngraft.blocks import create_block, list_blocks, record_attention
+
+__all__ = ["__version__", "create_block", "list_blocks", "record_attention"]

@@ -57,6 +57,18 @@ def _run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_blocks(args: argparse.Namespace) -> int:
+    from attngraft.blocks import BLOCKS, create_block
+
+    print(f"{'name':<16}{'family':<16}{'input':<16}{'params@' + str(args.dim):>12}")
+    for name in BLOCKS.names():
+        block = create_block(name, args.dim)
+        params = sum(parameter.numel() for parameter in block.parameters())
+        shape = "(B, N, C)" if block.layout == "tokens" else "(B, C, H, W)"
+        print(f"{name:<16}{block.family:<16}{shape:<16}{params:>12,}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``attngraft`` command."""
     parser = argparse.ArgumentParser(prog="attngraft", description="Add attention to vision models.")
@@ -70,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--download", action="store_true", help="download with torchvision if not found")
     data.add_argument("--list", action="store_true", help="list the registered datasets")
     data.set_defaults(handler=_run_data)
+
+    blocks = commands.add_parser("blocks", help="list the attention blocks: family, input layout, parameters")
+    blocks.add_argument("--dim", type=int, default=64, help="channel dim for the parameter count (default: 64)")
+    blocks.set_defaults(handler=_run_blocks)
     return parser
 
 

@@ -130,7 +130,7 @@ class IdxSource(Source):
 
     @override
     def open(self, root: Path, train: bool) -> Dataset[Any]:
-        return self.dataset_class(root=str(root), train=train)  # type: ignore[no-any-return]
+        return self.dataset_class(root=str(root), train=train)
 
     @override
     def download(self, root: Path) -> None:
@@ -211,7 +211,7 @@ class CifarSource(Source):
 
     @override
     def open(self, root: Path, train: bool) -> Dataset[Any]:
-        return self.dataset_class(root=str(root), train=train)  # type: ignore[no-any-return]
+        return self.dataset_class(root=str(root), train=train)
 
     @override
     def download(self, root: Path) -> None:
@@ -255,7 +255,7 @@ class ImageFolderSource(Source):
     def open(self, root: Path, train: bool) -> Dataset[Any]:
         folder = root / ("train" if train else "test")
         try:
-            return torchvision.datasets.ImageFolder(str(folder), loader=_image_loader)  # type: ignore[no-any-return]
+            return torchvision.datasets.ImageFolder(str(folder), loader=_image_loader)
         except FileNotFoundError as error:
             raise DataNotFoundError(f"{folder}: {error}") from None
 

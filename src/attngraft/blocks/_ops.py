@@ -1,0 +1,163 @@
+"""Pieces shared by the attention blocks.
+
+The block base class, option checks, head split/merge, the attend step (fused or probability-exposing), window
+partitioning and the zero-initialised residual gate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from typing_extensions import override
+
+from attngraft.blocks.recording import AttentionProbe
+
+Layout = Literal["tokens", "map"]
+LAYOUT_SHAPES: dict[str, str] = {"tokens": "(B, N, C)", "map": "(B, C, H, W)"}
+
+
+class Block(nn.Module):
+    """Base class of attngraft's blocks: holds the channel dim and checks the input layout.
+
+    Subclasses set ``layout`` ("tokens" for ``(B, N, C)``, "map" for ``(B, C, H, W)``) and ``family``.
+    """
+
+    layout: ClassVar[Layout]
+    family: ClassVar[str]
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"{type(self).__name__}: dim must be a positive integer, got {dim!r}")
+        self.dim = dim
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raises ``ValueError`` naming the expected layout when ``x`` does not fit this block."""
+        ndim, channel_axis = (3, -1) if self.layout == "tokens" else (4, 1)
+        if x.ndim != ndim or x.shape[channel_axis] != self.dim:
+            raise ValueError(
+                f"{type(self).__name__} expects {self.layout} {LAYOUT_SHAPES[self.layout]} with C={self.dim}, "
+                f"got shape {tuple(x.shape)}"
+            )
+
+
+def check_divisible(owner: str, dim: int, num_heads: int) -> int:
+    """Returns ``dim // num_heads``; raises if ``num_heads`` is not a positive divisor of ``dim``."""
+    if num_heads < 1 or dim % num_heads != 0:
+        divisors = [heads for heads in range(1, min(dim, 64) + 1) if dim % heads == 0]
+        raise ValueError(f"{owner}: dim={dim} is not divisible by num_heads={num_heads}; valid num_heads: {divisors}")
+    return dim // num_heads
+
+
+def check_choice(owner: str, option: str, value: object, choices: Iterable[object]) -> None:
+    """Raises ``ValueError`` listing ``choices`` when ``value`` is not one of them."""
+    valid = list(choices)
+    if value not in valid:
+        raise ValueError(f"{owner}: {option}={value!r} is not valid; choose one of {valid}")
+
+
+def check_odd(owner: str, option: str, value: int) -> None:
+    """Raises ``ValueError`` unless ``value`` is a positive odd integer (a kernel with a centre)."""
+    if value < 1 or value % 2 == 0:
+        raise ValueError(f"{owner}: {option} must be a positive odd integer (e.g. 3, 5, 7), got {value}")
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, N, heads * head_dim) → (B, heads, N, head_dim)."""
+    batch, tokens, channels = x.shape
+    return x.view(batch, tokens, num_heads, channels // num_heads).transpose(1, 2)  # (B, heads, N, head_dim)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, N, head_dim) → (B, N, heads * head_dim)."""
+    batch, heads, tokens, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)  # (B, N, C)
+
+
+def attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    probe: AttentionProbe,
+    *,
+    mask: torch.Tensor | None = None,
+    dropout: float = 0.0,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """softmax(q kᵀ · scale + mask) v, fused unless ``probe`` is recording.
+
+    Args:
+        query: (..., L, E).
+        key: (..., S, E).
+        value: (..., S, Ev).
+        probe: Receives the probabilities (..., L, S) on the materialised path when recording.
+        mask: Boolean (True = attend) or additive float mask broadcastable to (..., L, S).
+        dropout: Attention dropout probability (apply only in training).
+        scale: Logit scale; default 1/sqrt(E).
+
+    Returns:
+        (..., L, Ev).
+    """
+    if not probe.enabled:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    logits = (query @ key.transpose(-2, -1)) * scale  # (..., L, S)
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
+    probabilities = probe(logits.softmax(dim=-1))
+    return F.dropout(probabilities, p=dropout) @ value  # (..., L, Ev)
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """(B, H, W, C) → (B * windows, window_size², C); H and W must be multiples of ``window_size``."""
+    batch, height, width, channels = x.shape
+    x = x.view(batch, height // window_size, window_size, width // window_size, window_size, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size * window_size, channels)  # (B*nW, ws², C)
+
+
+def window_merge(windows: torch.Tensor, window_size: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: (B * windows, window_size², C) → (B, H, W, C)."""
+    channels = windows.shape[-1]
+    x = windows.view(-1, height // window_size, width // window_size, window_size, window_size, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)  # (B, H, W, C)
+
+
+def relative_position_index(window_size: int) -> torch.Tensor:
+    """Index into a (2·ws−1)² relative-bias table for every (query, key) pair of a window: (ws², ws²)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij"))
+    coords = coords.flatten(1)  # (2, ws²)
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window_size - 1)  # (ws², ws², 2)
+    return relative[..., 0] * (2 * window_size - 1) + relative[..., 1]
+
+
+class ResidualGate(nn.Module):
+    """``x + gate ⊙ block(x)`` with a per-channel gate initialised to zero: an exact identity at step 0.
+
+    Grafting a block through this gate leaves a pretrained model's output unchanged until training moves the
+    gate. The block must keep the input's shape.
+
+    Shape:
+        - Input: the block's layout, (B, N, C) or (B, C, H, W).
+        - Output: same as input.
+    """
+
+    def __init__(self, block: nn.Module, dim: int, channel_axis: int, init: float = 0.0) -> None:
+        super().__init__()
+        self.block = block
+        self.channel_axis = channel_axis
+        self.gate = nn.Parameter(torch.full((dim,), float(init)))
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = [1] * x.ndim
+        shape[self.channel_axis] = -1
+        return x + self.gate.view(shape) * self.block(x)
+
+    @classmethod
+    def around(cls, block: Block, init: float = 0.0) -> ResidualGate:
+        """Wraps an attngraft block, reading its channel dim and layout."""
+        return cls(block, block.dim, channel_axis=-1 if block.layout == "tokens" else 1, init=init)

@@ -1,0 +1,54 @@
+"""Classic multi-head self-attention (Vaswani et al. 2017) over tokens."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from typing_extensions import override
+
+from attngraft.blocks._ops import Block, attend, check_divisible, merge_heads, split_heads
+from attngraft.blocks.factory import register_block
+from attngraft.blocks.recording import AttentionProbe
+
+
+@register_block("mhsa")
+class MultiHeadSelfAttention(Block):
+    """Scaled dot-product multi-head self-attention.
+
+    Uses ``F.scaled_dot_product_attention`` (fused kernels) unless its probe is recording, in which case the
+    attention probabilities are materialised and handed to the probe.
+
+    Args:
+        dim: Token channels C.
+        num_heads: Attention heads; must divide ``dim``.
+        qkv_bias: Bias in the query/key/value projection.
+        attn_drop: Dropout on the attention probabilities (training only).
+        proj_drop: Dropout after the output projection.
+
+    Shape:
+        - Input: (B, N, C).
+        - Output: (B, N, C).
+    """
+
+    layout = "tokens"
+    family = "self-attention"
+
+    def __init__(
+        self, dim: int, *, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
+        super().__init__(dim)
+        self.num_heads = num_heads
+        self.head_dim = check_divisible(type(self).__name__, dim, num_heads)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.probe = AttentionProbe()
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        query, key, value = split_heads(self.qkv(x), 3 * self.num_heads).chunk(3, dim=1)  # (B, heads, N, hd) each
+        dropout = self.attn_drop if self.training else 0.0
+        out = attend(query, key, value, self.probe, dropout=dropout)  # (B, heads, N, head_dim)
+        return self.proj_drop(self.proj(merge_heads(out)))
