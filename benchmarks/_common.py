@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -62,15 +61,30 @@ def paired_median_ms(step: Callable[[], object], baseline: Callable[[], object],
     return statistics.median(step_times), statistics.median(baseline_times)
 
 
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024  # reported in kB
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
 def current_rss_mib() -> float:
     """Resident memory of this process now, in MiB."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return _status_mib("VmRSS")
+
+
+def reset_peak_rss() -> None:
+    """Resets this process's resident high-water mark to its current size (Linux ``clear_refs``)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def peak_rss_mib() -> float:
-    """Highest resident memory of this process so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Highest resident memory of this process since start or :func:`reset_peak_rss`, in MiB.
+
+    ``VmHWM`` belongs to this process image; ``getrusage``'s ``ru_maxrss`` would not do: it survives ``exec``
+    and so starts at the parent's high-water mark.
+    """
+    return _status_mib("VmHWM")
 
 
 def peak_extra_mib_in_subprocess(script: Path, arguments: list[str]) -> float:

@@ -21,7 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import current_rss_mib, machine, paired_median_ms, peak_extra_mib_in_subprocess, peak_rss_mib
+from _common import (
+    current_rss_mib,
+    machine,
+    paired_median_ms,
+    peak_extra_mib_in_subprocess,
+    peak_rss_mib,
+    reset_peak_rss,
+)
 
 from attngraft.blocks import BLOCKS, create_block
 
@@ -95,6 +102,7 @@ def memory_probe(name: str, quick: bool) -> None:
     forward_backward(small_module, small_input)()  # load kernels and code pages first
     module, x = build(name, quick)
     step = forward_backward(module, x)
+    reset_peak_rss()
     before = current_rss_mib()
     step()
     print(json.dumps(max(peak_rss_mib() - before, 0.0)))

@@ -5,7 +5,7 @@ Token mixers take (B, N, C): ``mhsa``, ``graph``, ``reattention``. Map blocks ta
 This room imports only torch and timm's layer helpers.
 """
 
-from attngraft.blocks import channel, graph, local, mhsa, non_local, reattention, window  # noqa: F401  (registration)
+from attngraft.blocks import channel, graph, local, mhsa, non_local, reattention, relation, window  # noqa: F401  (registration)
 from attngraft.blocks._ops import Block, ResidualGate
 from attngraft.blocks.encoder import EncoderLayer
 from attngraft.blocks.factory import BLOCKS, create_block, list_blocks, register_block
