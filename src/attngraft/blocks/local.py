@@ -28,6 +28,23 @@ from attngraft.blocks.factory import register_block
 from attngraft.blocks.recording import AttentionProbe
 
 
+def check_local_heads(owner: str, out_dim: int, num_heads: int, kernel_size: int) -> int:
+    """Validates the options of a k×k attention with 2-D relative embeddings; returns the head dim."""
+    head_dim = check_divisible(owner, out_dim, num_heads)
+    if head_dim % 2:
+        raise ValueError(f"{owner}: head dim {head_dim} must be even (half for rows, half for columns)")
+    check_odd(owner, "kernel_size", kernel_size)
+    return head_dim
+
+
+def relative_embeddings(num_heads: int, kernel_size: int, head_dim: int) -> tuple[nn.Parameter, nn.Parameter]:
+    """Row- and column-offset embeddings, each (heads, k, head_dim // 2), with std 1/√head_dim."""
+    return (
+        nn.Parameter(torch.randn(num_heads, kernel_size, head_dim // 2) * head_dim**-0.5),
+        nn.Parameter(torch.randn(num_heads, kernel_size, head_dim // 2) * head_dim**-0.5),
+    )
+
+
 def _offset_tables(block_size: int, halo: int, kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For local query row y and halo row j: the offset index j − y and whether it lies in [0, kernel_size)."""
     offsets = torch.arange(halo)[None, :] - torch.arange(block_size)[:, None]  # (b, halo)
@@ -186,10 +203,7 @@ class LocalSelfAttention(Block):
         owner = type(self).__name__
         self.out_dim = out_dim or dim
         self.num_heads = num_heads
-        self.head_dim = check_divisible(owner, self.out_dim, num_heads)
-        if self.head_dim % 2:
-            raise ValueError(f"{owner}: head dim {self.head_dim} must be even (half for rows, half for columns)")
-        check_odd(owner, "kernel_size", kernel_size)
+        self.head_dim = check_local_heads(owner, self.out_dim, num_heads, kernel_size)
         if stride not in (1, 2):
             raise ValueError(f"{owner}: stride must be 1 or 2, got {stride}")
         if block_size < 1:
@@ -198,8 +212,7 @@ class LocalSelfAttention(Block):
         self.stride = stride
         self.block_size = block_size
         self.qkv = nn.Conv2d(dim, 3 * self.out_dim, kernel_size=1, bias=qkv_bias)
-        self.rel_rows = nn.Parameter(torch.randn(num_heads, kernel_size, self.head_dim // 2) * self.head_dim**-0.5)
-        self.rel_cols = nn.Parameter(torch.randn(num_heads, kernel_size, self.head_dim // 2) * self.head_dim**-0.5)
+        self.rel_rows, self.rel_cols = relative_embeddings(num_heads, kernel_size, self.head_dim)
         self.probe = AttentionProbe()
 
     @override

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from typing_extensions import override
 
-from attngraft.blocks._ops import Block, check_divisible, check_odd
+from attngraft.blocks._ops import Block, check_odd
 from attngraft.blocks.factory import register_block
+from attngraft.blocks.local import check_local_heads, relative_embeddings
 from attngraft.blocks.recording import AttentionProbe
 
 
@@ -134,19 +135,14 @@ class LocalStem(Block):
         owner = type(self).__name__
         self.out_dim = out_dim or dim
         self.num_heads = num_heads
-        self.head_dim = check_divisible(owner, self.out_dim, num_heads)
-        if self.head_dim % 2:
-            raise ValueError(f"{owner}: head dim {self.head_dim} must be even (half for rows, half for columns)")
-        check_odd(owner, "kernel_size", kernel_size)
+        self.head_dim = check_local_heads(owner, self.out_dim, num_heads, kernel_size)
         if mixtures < 1 or pool_size < 1:
             raise ValueError(f"{owner}: mixtures and pool_size must be positive, got {mixtures}, {pool_size}")
         self.kernel_size, self.mixtures, self.pool_size = kernel_size, mixtures, pool_size
         self.query = nn.Conv2d(dim, self.out_dim, kernel_size=1, bias=False)
         self.key = nn.Conv2d(dim, self.out_dim, kernel_size=1, bias=False)
         self.values = nn.Conv2d(dim, mixtures * self.out_dim, kernel_size=1, bias=False)  # W_V^1..m stacked
-        scale = self.head_dim**-0.5
-        self.rel_rows = nn.Parameter(torch.randn(num_heads, kernel_size, self.head_dim // 2) * scale)
-        self.rel_cols = nn.Parameter(torch.randn(num_heads, kernel_size, self.head_dim // 2) * scale)
+        self.rel_rows, self.rel_cols = relative_embeddings(num_heads, kernel_size, self.head_dim)
         self.position_rows = nn.Parameter(torch.randn(pool_size, self.out_dim) * 0.02)  # e_row
         self.position_cols = nn.Parameter(torch.randn(pool_size, self.out_dim) * 0.02)  # e_col
         self.mixture_embeddings = nn.Parameter(torch.randn(mixtures, self.out_dim) * 0.02)  # ν_m
