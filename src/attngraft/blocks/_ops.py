@@ -6,7 +6,7 @@ partitioning and the zero-initialised residual gate.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import ClassVar, Literal
 
 import torch
@@ -87,6 +87,7 @@ def attend(
     mask: torch.Tensor | None = None,
     dropout: float = 0.0,
     scale: float | None = None,
+    record_as: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """softmax(q kᵀ · scale + mask) v, fused unless ``probe`` is recording.
 
@@ -98,6 +99,7 @@ def attend(
         mask: Boolean (True = attend) or additive float mask broadcastable to (..., L, S).
         dropout: Attention dropout probability (apply only in training).
         scale: Logit scale; default 1/sqrt(E).
+        record_as: Rearranges the probabilities into the layout the probe should see (default: as they are).
 
     Returns:
         (..., L, Ev).
@@ -108,7 +110,8 @@ def attend(
     logits = (query @ key.transpose(-2, -1)) * scale  # (..., L, S)
     if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
-    probabilities = probe(logits.softmax(dim=-1))
+    probabilities = logits.softmax(dim=-1)
+    probe(probabilities if record_as is None else record_as(probabilities))
     return F.dropout(probabilities, p=dropout) @ value  # (..., L, Ev)
 
 

@@ -18,12 +18,14 @@ one-hot of each key's halo row/column to the key, so the result is exactly the k
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from typing_extensions import override
 
-from attngraft.blocks._ops import Block, check_divisible, check_odd
+from attngraft.blocks._ops import Block, attend, check_divisible, check_odd
 from attngraft.blocks.factory import register_block
 from attngraft.blocks.recording import AttentionProbe
 
@@ -51,6 +53,12 @@ def _offset_tables(block_size: int, halo: int, kernel_size: int) -> tuple[torch.
     return offsets.clamp(0, kernel_size - 1), (offsets >= 0) & (offsets < kernel_size)
 
 
+def _grid(side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column index of every cell of a side×side grid, in row-major order: two (side²,) tensors."""
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    return rows.flatten(), cols.flatten()
+
+
 def neighbourhood_mask(height: int, width: int, block_size: int, kernel_size: int) -> torch.Tensor:
     """Which halo keys each query of each block may attend to: inside its k×k window and inside the image.
 
@@ -60,13 +68,8 @@ def neighbourhood_mask(height: int, width: int, block_size: int, kernel_size: in
         Boolean (blocks, block_size², halo²) with halo = block_size + kernel_size − 1.
     """
     radius, halo = kernel_size // 2, block_size + kernel_size - 1
-    query_rows, query_cols = (
-        axis.reshape(-1, 1)
-        for axis in torch.meshgrid(torch.arange(block_size), torch.arange(block_size), indexing="ij")
-    )
-    key_rows, key_cols = (
-        axis.reshape(1, -1) for axis in torch.meshgrid(torch.arange(halo), torch.arange(halo), indexing="ij")
-    )
+    query_rows, query_cols = (axis[:, None] for axis in _grid(block_size))
+    key_rows, key_cols = (axis[None, :] for axis in _grid(halo))
     row_offset, col_offset = key_rows - query_rows - radius, key_cols - query_cols - radius
     near = (row_offset.abs() <= radius) & (col_offset.abs() <= radius)  # (b², halo²)
     itself = (row_offset == 0) & (col_offset == 0)
@@ -84,13 +87,8 @@ def _window_probabilities(
 ) -> torch.Tensor:
     """Halo layout (B·heads, blocks, b², halo²) → each pixel's k×k window (B, heads, H, W, k, k)."""
     halo = size + kernel_size - 1
-    local_rows, local_cols = (
-        axis.reshape(-1, 1) for axis in torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    )
-    offset_rows, offset_cols = (
-        axis.reshape(1, -1)
-        for axis in torch.meshgrid(torch.arange(kernel_size), torch.arange(kernel_size), indexing="ij")
-    )
+    local_rows, local_cols = (axis[:, None] for axis in _grid(size))
+    offset_rows, offset_cols = (axis[None, :] for axis in _grid(kernel_size))
     index = ((local_rows + offset_rows) * halo + local_cols + offset_cols).to(probabilities.device)  # (b², k²)
     windows = probabilities.gather(-1, index.expand(*probabilities.shape[:2], -1, -1))  # (BH, blocks, b², k²)
     rows, cols = -(-height // size), -(-width // size)
@@ -153,13 +151,10 @@ def local_attention(
     key_position = torch.cat([one_hot.repeat_interleave(halo, 0), one_hot.repeat(halo, 1)], dim=-1)  # (halo², 2·halo)
     augmented_key = torch.cat([halos(key), key_position.expand(batch * heads, blocks, -1, -1)], dim=-1)
     mask = neighbourhood_mask(height, width, size, kernel_size).to(query.device)  # (blocks, b², halo²)
-    if probe.enabled:
-        logits = (augmented_query @ augmented_key.transpose(-2, -1)).masked_fill(~mask, float("-inf"))
-        probabilities = logits.softmax(dim=-1)  # (BH, blocks, b², halo²)
-        probe(_window_probabilities(probabilities, batch, heads, height, width, size, kernel_size))
-        out = probabilities @ halos(value)
-    else:
-        out = F.scaled_dot_product_attention(augmented_query, augmented_key, halos(value), attn_mask=mask, scale=1.0)
+    as_windows = partial(
+        _window_probabilities, batch=batch, heads=heads, height=height, width=width, size=size, kernel_size=kernel_size
+    )
+    out = attend(augmented_query, augmented_key, halos(value), probe, mask=mask, scale=1.0, record_as=as_windows)
     out = out.view(batch, heads, rows, cols, size, size, head_dim).permute(0, 1, 6, 2, 4, 3, 5)
     return out.reshape(batch, heads, head_dim, rows * size, cols * size)[..., :height, :width]
 
