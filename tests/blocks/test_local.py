@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attngraft.blocks import create_block, record_attention
+from attngraft.blocks import create_block, local, record_attention
+from attngraft.blocks.recording import AttentionProbe
 
 from .conftest import randomise_parameters
 
@@ -37,28 +38,45 @@ def sasa_loop(block, x: torch.Tensor) -> torch.Tensor:
     return out.reshape(batch, heads * head_dim, height, width)
 
 
-@pytest.mark.parametrize(
-    ("kernel_size", "block_size", "size"), [(3, 8, (6, 7)), (3, 2, (5, 5)), (5, 4, (7, 9)), (7, 3, (4, 4))]
-)
-def test_local_matches_per_pixel_loop(kernel_size: int, block_size: int, size: tuple[int, int]) -> None:
+@pytest.mark.parametrize(("kernel_size", "size"), [(3, (6, 7)), (3, (5, 5)), (5, (7, 9)), (7, (4, 4)), (1, (3, 2))])
+def test_local_matches_per_pixel_loop(kernel_size: int, size: tuple[int, int]) -> None:
     torch.manual_seed(0)
-    block = create_block("local", 8, num_heads=2, kernel_size=kernel_size, block_size=block_size)
+    block = create_block("local", 8, num_heads=2, kernel_size=kernel_size)
     randomise_parameters(block)
     x = torch.randn(2, 8, *size)
     with torch.no_grad():
         torch.testing.assert_close(block(x), sasa_loop(block, x), atol=1e-5, rtol=1e-4)
 
 
-def test_block_size_changes_nothing_but_speed() -> None:
+def test_batch_chunks_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
-    x = torch.randn(2, 16, 11, 13)
-    outputs = []
-    for block_size in (1, 4, 8, 16):
-        torch.manual_seed(1)
-        block = create_block("local", 16, num_heads=2, kernel_size=5, block_size=block_size)
-        outputs.append(block(x))
-    for out in outputs[1:]:
-        torch.testing.assert_close(out, outputs[0], atol=1e-5, rtol=1e-4)
+    block = create_block("local", 16, num_heads=2, kernel_size=5)
+    randomise_parameters(block)
+    x = torch.randn(3, 16, 11, 13, requires_grad=True)
+    results = []
+    for elements in (local.CHUNK_ELEMENTS, 1):  # one chunk, then one image per chunk
+        monkeypatch.setattr(local, "CHUNK_ELEMENTS", elements)
+        block.zero_grad()
+        x.grad = None
+        out = block(x)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append([out, x.grad, *(parameter.grad for parameter in block.parameters())])
+    for chunked, whole in zip(*results, strict=True):
+        torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_hand_written_backward_matches_numerical_gradients(kernel_size: int) -> None:
+    torch.manual_seed(0)
+    heads, head_dim = 2, 4
+    query, key, value = (torch.randn(2, heads, head_dim, 4, 5, dtype=torch.float64, requires_grad=True) for _ in "qkv")
+    rel_rows, rel_cols = (
+        torch.randn(heads, kernel_size, head_dim // 2, dtype=torch.float64, requires_grad=True) for _ in "rc"
+    )
+    probe = AttentionProbe()
+    assert torch.autograd.gradcheck(
+        lambda *inputs: local.local_attention(*inputs, probe), (query, key, value, rel_rows, rel_cols)
+    )
 
 
 def test_pixels_outside_the_window_have_no_influence() -> None:
@@ -75,7 +93,7 @@ def test_pixels_outside_the_window_have_no_influence() -> None:
 
 def test_translation_equivariant_away_from_borders() -> None:
     torch.manual_seed(0)
-    block = create_block("local", 16, num_heads=2, kernel_size=3, block_size=4)
+    block = create_block("local", 16, num_heads=2, kernel_size=3)
     x = torch.randn(1, 16, 12, 12)
     shifted = torch.roll(x, shifts=(2, 1), dims=(2, 3))
     out, out_shifted = block(x), block(shifted)
@@ -85,7 +103,7 @@ def test_translation_equivariant_away_from_borders() -> None:
 
 def test_recorded_windows_are_distributions_over_in_image_neighbours() -> None:
     torch.manual_seed(0)
-    block = create_block("local", 16, num_heads=2, kernel_size=3, block_size=4).eval()
+    block = create_block("local", 16, num_heads=2, kernel_size=3).eval()
     x = torch.randn(2, 16, 5, 6)
     fused = block(x)
     with record_attention(block) as records:
@@ -122,3 +140,21 @@ def test_stride_two_pools_after_attention_and_out_dim() -> None:
 def test_invalid_options(options: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         create_block("local", 16, **options)
+
+
+@pytest.mark.slow  # compiling the kernels takes ~40 s on a 2-core CPU
+def test_compiled_kernels_match_eager() -> None:
+    torch.manual_seed(0)
+    eager = create_block("local", 8, num_heads=2, kernel_size=3)
+    randomise_parameters(eager)
+    compiled = create_block("local", 8, num_heads=2, kernel_size=3, compiled=True)
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 8, 5, 6)
+    results = []
+    for block in (eager, compiled):
+        inputs = x.clone().requires_grad_()
+        out = block(inputs)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append([out, inputs.grad, *(parameter.grad for parameter in block.parameters())])
+    for from_compiled, from_eager in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(from_compiled, from_eager, atol=1e-4, rtol=1e-4)  # Inductor uses fast-math

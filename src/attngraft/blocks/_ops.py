@@ -6,7 +6,7 @@ partitioning and the zero-initialised residual gate.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import ClassVar, Literal
 
 import torch
@@ -87,7 +87,6 @@ def attend(
     mask: torch.Tensor | None = None,
     dropout: float = 0.0,
     scale: float | None = None,
-    record_as: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """softmax(q kᵀ · scale + mask) v, fused unless ``probe`` is recording.
 
@@ -99,7 +98,6 @@ def attend(
         mask: Boolean (True = attend) or additive float mask broadcastable to (..., L, S).
         dropout: Attention dropout probability (apply only in training).
         scale: Logit scale; default 1/sqrt(E).
-        record_as: Rearranges the probabilities into the layout the probe should see (default: as they are).
 
     Returns:
         (..., L, Ev).
@@ -111,7 +109,7 @@ def attend(
     if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
     probabilities = logits.softmax(dim=-1)
-    probe(probabilities if record_as is None else record_as(probabilities))
+    probe(probabilities)
     return F.dropout(probabilities, p=dropout) @ value  # (..., L, Ev)
 
 
