@@ -38,6 +38,7 @@ def test_data_list(capsys: pytest.CaptureFixture[str]) -> None:
     [
         (["data", "fashion_mnist"], "unknown dataset 'fashion_mnist'. Did you mean 'fashion-mnist'"),
         (["data", "cifar10", "--data-dir", "/nonexistent"], "dataset 'cifar10' not found"),
+        (["models", "vgg*"], "no model matches 'vgg*'; models: deepvit"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -76,3 +77,12 @@ def test_blocks_lists_every_block_with_parameters(capsys: pytest.CaptureFixture[
     assert sorted(rows) == list_blocks()
     assert re.search(r"^mhsa\s+self-attention\s+\(B, N, C\)\s+16,640$", rows["mhsa"])
     assert re.search(r"^se\s+channel\s+\(B, C, H, W\)\s+1,096$", rows["se"])
+
+
+def test_models_table_lists_parameters_and_flops(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "resnet*"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert set(rows) == {"resnet18", "resnet26", "resnet38", "resnet50"}
+    _, family, size, params, gflops, gmacs = rows["resnet50"]
+    assert (family, size, params) == ("resnet", "3x224x224", "25.56")
+    assert float(gflops) == pytest.approx(2 * float(gmacs), abs=0.002)

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from attngraft import __version__
-from attngraft.errors import AttngraftError
+from attngraft.errors import AttngraftError, UnknownNameError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -69,6 +69,23 @@ def _run_blocks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_models(args: argparse.Namespace) -> int:
+    from attngraft.models import MODELS, count_parameters, create_model, flops, list_models
+
+    names = list_models(args.pattern)
+    if not names:
+        raise UnknownNameError(f"no model matches {args.pattern!r}; models: {', '.join(list_models())}")
+    print(f"{'name':<26}{'family':<8}{'input':>10}{'params (M)':>12}{'GFLOPs':>10}{'GMACs':>9}")
+    for name in names:
+        spec = MODELS.get(name)
+        model = create_model(name)
+        count = flops(model, (1, spec.in_chans, spec.image_size, spec.image_size))
+        size = f"{spec.in_chans}x{spec.image_size}x{spec.image_size}"
+        params = count_parameters(model) / 1e6
+        print(f"{name:<26}{spec.family:<8}{size:>10}{params:>12.2f}{count / 1e9:>10.3f}{count / 2e9:>9.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``attngraft`` command."""
     parser = argparse.ArgumentParser(prog="attngraft", description="Add attention to vision models.")
@@ -86,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     blocks = commands.add_parser("blocks", help="list the attention blocks: family, input layout, parameters")
     blocks.add_argument("--dim", type=int, default=64, help="channel dim for the parameter count (default: 64)")
     blocks.set_defaults(handler=_run_blocks)
+
+    models = commands.add_parser("models", help="list the models: family, default input, parameters, FLOPs")
+    models.add_argument("pattern", nargs="?", help="glob over model names, e.g. 'sasa_*'")
+    models.set_defaults(handler=_run_models)
     return parser
 
 

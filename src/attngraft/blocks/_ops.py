@@ -35,6 +35,10 @@ class Block(nn.Module):
             raise ValueError(f"{type(self).__name__}: dim must be a positive integer, got {dim!r}")
         self.dim = dim
 
+    def attention_flops(self, input_shape: torch.Size) -> int:
+        """FLOPs of work that ``torch.utils.flop_counter`` cannot see (elementwise attention); 0 by default."""
+        return 0
+
     def check_input(self, x: torch.Tensor) -> None:
         """Raises ``ValueError`` naming the expected layout when ``x`` does not fit this block."""
         ndim, channel_axis = (3, -1) if self.layout == "tokens" else (4, 1)

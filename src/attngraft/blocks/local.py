@@ -370,6 +370,12 @@ class LocalSelfAttention(Block):
         return F.avg_pool2d(out, 2) if self.stride == 2 else out
 
     @override
+    def attention_flops(self, input_shape: torch.Size) -> int:
+        """q·k, q·r and Σ p·v over each k×k window, 2 FLOPs per multiply-add."""
+        batch, _, height, width = input_shape
+        return 2 * 3 * batch * height * width * self.out_dim * self.kernel_size**2
+
+    @override
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, out_dim={self.out_dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "

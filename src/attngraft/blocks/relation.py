@@ -148,6 +148,12 @@ class LocalStem(Block):
         self.mixture_embeddings = nn.Parameter(torch.randn(mixtures, self.out_dim) * 0.02)  # ν_m
         self.probe = AttentionProbe()
 
+    @override
+    def attention_flops(self, input_shape: torch.Size) -> int:
+        """q·k, q·r and Σ p·v over each k×k window, 2 FLOPs per multiply-add (the value mixing is an einsum)."""
+        batch, _, height, width = input_shape
+        return 2 * 3 * batch * height * width * self.out_dim * self.kernel_size**2
+
     def mixture_weights(self, height: int, width: int) -> torch.Tensor:
         """p(a, b, m) for every pixel of an H×W map: (m, H, W), summing to 1 over m."""
         rows = self.position_rows[torch.arange(height, device=self.position_rows.device) % self.pool_size]
