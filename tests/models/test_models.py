@@ -122,3 +122,9 @@ def test_unknown_sizes_and_stems_list_valid_ones() -> None:
         create_model("vit", size="gigantic")
     with pytest.raises(ValueError, match="valid: \\['imagenet', 'cifar', 'attention'\\]"):
         create_model("resnet18", stem="tiny")
+
+
+def test_conv_resnets_refuse_attention_options() -> None:
+    with pytest.raises(TypeError, match="only apply to the local attention"):
+        create_model("resnet26", kernel_size=5)
+    assert create_model("sasa_resnet26", kernel_size=5).stages[0][0].conv2.kernel_size == 5

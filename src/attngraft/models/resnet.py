@@ -25,6 +25,8 @@ SPATIAL = ("conv", "local")
 def spatial_operator(kind: str, in_channels: int, out_channels: int, stride: int, **options: Any) -> nn.Module:
     """The 3×3 operator of a block: a 3×3 convolution, or ``local`` attention (k = 7, 8 heads by default)."""
     if kind == "conv":
+        if options:
+            raise TypeError(f"options {sorted(options)} only apply to the local attention of SASA models")
         return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
     if kind == "local":
         options = {"kernel_size": 7, "num_heads": 8, **options}
