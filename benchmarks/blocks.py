@@ -42,6 +42,11 @@ OPTIONS = {"local": {"kernel_size": 7, "num_heads": 8}, "window": {"window_size"
 VARIANTS = {"local+compiled": ("local", {"compiled": True})}
 
 
+def resolve(entry: str) -> tuple[str, dict[str, object]]:
+    """The registered block name and extra options of a benchmark entry (a block name or a variant)."""
+    return VARIANTS.get(entry, (entry, {}))
+
+
 class AttentionBaseline(nn.Module):
     """The same projections as ``mhsa`` around a naive (matmul-softmax-matmul) or fused attention."""
 
@@ -72,7 +77,7 @@ def build(name: str, quick: bool) -> tuple[nn.Module, torch.Tensor]:
     if name in ("naive_attention", "sdpa_attention"):
         module = AttentionBaseline(token_shape["dim"], 8, fused=name == "sdpa_attention")
         return module, torch.randn(token_shape["batch"], token_shape["tokens"], token_shape["dim"])
-    name, extra = VARIANTS.get(name, (name, {}))
+    name, extra = resolve(name)
     layout = BLOCKS.get(name).layout
     shape = token_shape if layout == "tokens" else map_shape
     module = create_block(name, shape["dim"], **OPTIONS.get(name, {}), **extra)
@@ -95,7 +100,7 @@ def forward_backward(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
 
 
 def baselines_for(name: str) -> list[str]:
-    if BLOCKS.get(VARIANTS.get(name, (name, {}))[0]).layout == "map":
+    if BLOCKS.get(resolve(name)[0]).layout == "map":
         return ["conv3x3"]
     return ["naive_attention", "sdpa_attention"] if name == "mhsa" else ["naive_attention"]
 

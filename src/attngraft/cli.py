@@ -59,11 +59,12 @@ def _run_data(args: argparse.Namespace) -> int:
 
 def _run_blocks(args: argparse.Namespace) -> int:
     from attngraft.blocks import BLOCKS, create_block
+    from attngraft.models import count_parameters
 
     print(f"{'name':<16}{'family':<16}{'input':<16}{'params@' + str(args.dim):>12}")
     for name in BLOCKS.names():
         block = create_block(name, args.dim)
-        params = sum(parameter.numel() for parameter in block.parameters())
+        params = count_parameters(block)
         shape = "(B, N, C)" if block.layout == "tokens" else "(B, C, H, W)"
         print(f"{name:<16}{block.family:<16}{shape:<16}{params:>12,}")
     return 0

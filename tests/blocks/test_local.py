@@ -48,19 +48,24 @@ def test_local_matches_per_pixel_loop(kernel_size: int, size: tuple[int, int]) -
         torch.testing.assert_close(block(x), sasa_loop(block, x), atol=1e-5, rtol=1e-4)
 
 
+def outputs_and_gradients(block: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The output, then the gradients of the input and of every parameter, of a weighted sum of the output."""
+    block.zero_grad()
+    inputs = x.detach().clone().requires_grad_()
+    out = block(inputs)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    return [out, inputs.grad, *(parameter.grad for parameter in block.parameters())]
+
+
 def test_batch_chunks_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     block = create_block("local", 16, num_heads=2, kernel_size=5)
     randomise_parameters(block)
-    x = torch.randn(3, 16, 11, 13, requires_grad=True)
+    x = torch.randn(3, 16, 11, 13)
     results = []
     for elements in (local.CHUNK_ELEMENTS, 1):  # one chunk, then one image per chunk
         monkeypatch.setattr(local, "CHUNK_ELEMENTS", elements)
-        block.zero_grad()
-        x.grad = None
-        out = block(x)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results.append([out, x.grad, *(parameter.grad for parameter in block.parameters())])
+        results.append(outputs_and_gradients(block, x))
     for chunked, whole in zip(*results, strict=True):
         torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-4)
 
@@ -150,11 +155,6 @@ def test_compiled_kernels_match_eager() -> None:
     compiled = create_block("local", 8, num_heads=2, kernel_size=3, compiled=True)
     compiled.load_state_dict(eager.state_dict())
     x = torch.randn(2, 8, 5, 6)
-    results = []
-    for block in (eager, compiled):
-        inputs = x.clone().requires_grad_()
-        out = block(inputs)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results.append([out, inputs.grad, *(parameter.grad for parameter in block.parameters())])
-    for from_compiled, from_eager in zip(results[1], results[0], strict=True):
+    from_eager_all, from_compiled_all = (outputs_and_gradients(block, x) for block in (eager, compiled))
+    for from_compiled, from_eager in zip(from_compiled_all, from_eager_all, strict=True):
         torch.testing.assert_close(from_compiled, from_eager, atol=1e-4, rtol=1e-4)  # Inductor uses fast-math

@@ -61,6 +61,12 @@ def _window(padded: torch.Tensor, row: int, col: int, height: int, width: int) -
     return padded[..., row : row + height, col : col + width]
 
 
+def _pad(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Zero-pads the last two dims by the window radius on every side."""
+    radius = kernel_size // 2
+    return F.pad(x, (radius, radius, radius, radius))
+
+
 def _offsets(kernel_size: int) -> list[tuple[int, int]]:
     """Window offsets (row, col) in 0..k−1, row-major: the k² neighbours of a pixel."""
     return [(row, col) for row in range(kernel_size) for col in range(kernel_size)]
@@ -81,17 +87,24 @@ def border_bias(height: int, width: int, kernel_size: int, like: torch.Tensor) -
     return bias.flatten(0, 1)  # (k², H, W)
 
 
-def _logits(
+def _neighbour_dots(x: torch.Tensor, other: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """x_ij · other_ab over each pixel's k×k window: (b, heads, d, H, W) twice → (b, heads, k², H, W)."""
+    height, width = x.shape[-2:]
+    padded = _pad(other, kernel_size)
+    return torch.stack([(x * _window(padded, row, col, height, width)).sum(2) for row, col in _offsets(kernel_size)], 2)
+
+
+def logits(
     query: torch.Tensor, key: torch.Tensor, rel_rows: torch.Tensor, rel_cols: torch.Tensor, bias: torch.Tensor
 ) -> torch.Tensor:
-    """q·k_ab + q·r_{a−i, b−j} for every pixel and neighbour: (b, heads, d, H, W) → (b, heads, k², H, W)."""
+    """q·k_ab + q·r_{a−i, b−j} + border bias for every pixel and neighbour.
+
+    Shape:
+        query, key: (b, heads, d, H, W); rel_rows, rel_cols: (heads, k, d // 2); bias: (k², H, W).
+        Returns (b, heads, k², H, W).
+    """
     kernel_size, half = rel_rows.shape[1], query.shape[2] // 2
-    height, width = query.shape[-2:]
-    radius = kernel_size // 2
-    padded = F.pad(key, (radius, radius, radius, radius))
-    content = torch.stack(
-        [(query * _window(padded, row, col, height, width)).sum(2) for row, col in _offsets(kernel_size)], 2
-    )
+    content = _neighbour_dots(query, key, kernel_size)
     row_logits = torch.einsum("bhcyx,hic->bhiyx", query[:, :, :half], rel_rows)  # (b, heads, k, H, W)
     col_logits = torch.einsum("bhcyx,hjc->bhjyx", query[:, :, half:], rel_cols)
     relative = (row_logits[:, :, :, None] + col_logits[:, :, None]).flatten(2, 3)  # (b, heads, k², H, W)
@@ -106,11 +119,10 @@ def _total(terms: list[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-def _aggregate(weights: torch.Tensor, values: torch.Tensor, kernel_size: int) -> torch.Tensor:
+def aggregate(weights: torch.Tensor, values: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Σ_ab w_ab v_ab: weights (b, heads, k², H, W) and values (b, heads, d, H, W) → (b, heads, d, H, W)."""
     height, width = values.shape[-2:]
-    radius = kernel_size // 2
-    padded = F.pad(values, (radius, radius, radius, radius))
+    padded = _pad(values, kernel_size)
     terms = [
         weights[:, :, index : index + 1] * _window(padded, row, col, height, width)
         for index, (row, col) in enumerate(_offsets(kernel_size))
@@ -125,10 +137,8 @@ def _scatter_back(weights: torch.Tensor, values: torch.Tensor, kernel_size: int)
     mirrored offset), so this is a gather too, with no scatter-add.
     """
     height, width = values.shape[-2:]
-    radius = kernel_size // 2
     last = kernel_size - 1
-    padded_weights = F.pad(weights, (radius, radius, radius, radius))
-    padded_values = F.pad(values, (radius, radius, radius, radius))
+    padded_weights, padded_values = _pad(weights, kernel_size), _pad(values, kernel_size)
     terms = [
         _window(padded_weights[:, :, index : index + 1], last - row, last - col, height, width)
         * _window(padded_values, last - row, last - col, height, width)
@@ -149,42 +159,18 @@ def _probabilities(
 
     With ``log_normaliser`` given (backward), reuses it instead of reducing again.
     """
-    logits = _logits(query, key, rel_rows, rel_cols, bias)
+    scores = logits(query, key, rel_rows, rel_cols, bias)
     if log_normaliser is None:
-        log_normaliser = logits.logsumexp(2, keepdim=True)
-    return (logits - log_normaliser).exp(), log_normaliser
+        log_normaliser = scores.logsumexp(2, keepdim=True)
+    return (scores - log_normaliser).exp(), log_normaliser
 
 
 def _grad_logits(
     probabilities: torch.Tensor, value: torch.Tensor, out: torch.Tensor, grad_out: torch.Tensor, kernel_size: int
 ) -> torch.Tensor:
     """Softmax backward through the window gather: dL/dlogits, (b, heads, k², H, W)."""
-    height, width = value.shape[-2:]
-    radius = kernel_size // 2
-    padded = F.pad(value, (radius, radius, radius, radius))
-    grad_probabilities = torch.stack(
-        [(grad_out * _window(padded, row, col, height, width)).sum(2) for row, col in _offsets(kernel_size)], 2
-    )
+    grad_probabilities = _neighbour_dots(grad_out, value, kernel_size)
     return probabilities * (grad_probabilities - (grad_out * out).sum(2, keepdim=True))
-
-
-_KERNELS: dict[str, Callable[..., Any]] = {
-    "probabilities": _probabilities,
-    "aggregate": _aggregate,
-    "grad_logits": _grad_logits,
-    "scatter_back": _scatter_back,
-}
-
-
-class _Kernels:
-    """The chunk kernels, run eagerly or through ``torch.compile`` (each compiled once, on first use)."""
-
-    def __init__(self, compiled: bool) -> None:
-        self.compiled = compiled
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        kernel = _KERNELS[name]
-        return _compiled(kernel) if self.compiled else kernel
 
 
 @cache
@@ -192,6 +178,11 @@ def _compiled(kernel: Callable[..., Any]) -> Callable[..., Any]:
     # Separate graphs on purpose: fused into one, Inductor recomputes exp() once per value channel.
     compiled: Callable[..., Any] = torch.compile(kernel, dynamic=False, fullgraph=True)
     return compiled
+
+
+def _kernel(kernel: Callable[..., Any], compiled: bool) -> Callable[..., Any]:
+    """A chunk kernel as it is, or through ``torch.compile`` (compiled once, on first use)."""
+    return _compiled(kernel) if compiled else kernel
 
 
 def _chunks(batch: int, per_image: int) -> list[slice]:
@@ -215,16 +206,16 @@ class _LocalAttention(torch.autograd.Function):
         batch, heads, _, height, width = query.shape
         kernel_size = rel_rows.shape[1]
         bias = border_bias(height, width, kernel_size, query)
-        kernels = _Kernels(compiled)
+        probabilities_of, aggregate_of = _kernel(_probabilities, compiled), _kernel(aggregate, compiled)
         outs, log_normalisers = [], []
         chunks = _chunks(batch, heads * kernel_size**2 * height * width)
         for part in chunks:
-            probabilities, log_normaliser = kernels.probabilities(query[part], key[part], rel_rows, rel_cols, bias)
-            outs.append(kernels.aggregate(probabilities, value[part], kernel_size))
+            probabilities, log_normaliser = probabilities_of(query[part], key[part], rel_rows, rel_cols, bias)
+            outs.append(aggregate_of(probabilities, value[part], kernel_size))
             log_normalisers.append(log_normaliser)
         out, log_normaliser = torch.cat(outs), torch.cat(log_normalisers)
         ctx.save_for_backward(query, key, value, rel_rows, rel_cols, bias, out, log_normaliser)
-        ctx.kernels, ctx.chunks = kernels, chunks
+        ctx.compiled, ctx.chunks = compiled, chunks
         return out
 
     @staticmethod
@@ -236,7 +227,7 @@ class _LocalAttention(torch.autograd.Function):
         grad_rel = [torch.zeros_like(rel_rows), torch.zeros_like(rel_cols)]
         for part in ctx.chunks:
             chunk = (query[part], key[part], value[part], out[part], log_normaliser[part], grad_out[part])
-            *chunk_grads, grad_rows, grad_cols = _backward_chunk(ctx.kernels, *chunk, rel_rows, rel_cols, bias)
+            *chunk_grads, grad_rows, grad_cols = _backward_chunk(ctx.compiled, *chunk, rel_rows, rel_cols, bias)
             for grad, chunk_grad in zip(grads, chunk_grads, strict=True):
                 grad[part] = chunk_grad
             grad_rel[0] += grad_rows
@@ -245,7 +236,7 @@ class _LocalAttention(torch.autograd.Function):
 
 
 def _backward_chunk(
-    kernels: _Kernels,
+    compiled: bool,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -258,21 +249,29 @@ def _backward_chunk(
 ) -> tuple[torch.Tensor, ...]:
     """Gradients for one chunk: (query, key, value, rel_rows, rel_cols), recomputing the probabilities."""
     kernel_size, half = rel_rows.shape[1], query.shape[2] // 2
-    probabilities, _ = kernels.probabilities(query, key, rel_rows, rel_cols, bias, log_normaliser)
-    grad_logits = kernels.grad_logits(probabilities, value, out, grad_out, kernel_size)
+    scatter_back = _kernel(_scatter_back, compiled)
+    probabilities, _ = _kernel(_probabilities, compiled)(query, key, rel_rows, rel_cols, bias, log_normaliser)
+    grad_logits = _kernel(_grad_logits, compiled)(probabilities, value, out, grad_out, kernel_size)
     by_offset = grad_logits.view(*grad_logits.shape[:2], kernel_size, kernel_size, *grad_logits.shape[3:])
     # by_offset: (b, heads, k, k, H, W)
     grad_rows, grad_cols = by_offset.sum(3), by_offset.sum(2)  # (b, heads, k, H, W) each
-    grad_query = kernels.aggregate(grad_logits, key, kernel_size)
+    grad_query = _kernel(aggregate, compiled)(grad_logits, key, kernel_size)
     grad_query[:, :, :half] += torch.einsum("bhiyx,hic->bhcyx", grad_rows, rel_rows)
     grad_query[:, :, half:] += torch.einsum("bhjyx,hjc->bhcyx", grad_cols, rel_cols)
     return (
         grad_query,
-        kernels.scatter_back(grad_logits, query, kernel_size),
-        kernels.scatter_back(probabilities, grad_out, kernel_size),
+        scatter_back(grad_logits, query, kernel_size),
+        scatter_back(probabilities, grad_out, kernel_size),
         torch.einsum("bhiyx,bhcyx->hic", grad_rows, query[:, :, :half]),
         torch.einsum("bhjyx,bhcyx->hjc", grad_cols, query[:, :, half:]),
     )
+
+
+def record_windows(probe: AttentionProbe, weights: torch.Tensor, kernel_size: int) -> None:
+    """Hands per-pixel window weights (B, heads, k², H, W) to ``probe`` as (B, heads, H, W, k, k)."""
+    batch, heads, _, height, width = weights.shape
+    windows = weights.view(batch, heads, kernel_size, kernel_size, height, width)
+    probe(windows.permute(0, 1, 4, 5, 2, 3))  # (B, heads, H, W, k, k)
 
 
 def local_attention(
@@ -300,12 +299,11 @@ def local_attention(
     """
     if probe.enabled:
         kernel_size = rel_rows.shape[1]
-        batch, heads, _, height, width = query.shape
+        height, width = query.shape[-2:]
         bias = border_bias(height, width, kernel_size, query)
-        probabilities = _logits(query, key, rel_rows, rel_cols, bias).softmax(2)  # (B, heads, k², H, W)
-        windows = probabilities.view(batch, heads, kernel_size, kernel_size, height, width)
-        probe(windows.permute(0, 1, 4, 5, 2, 3))  # (B, heads, H, W, k, k)
-        return _aggregate(probabilities, value, kernel_size)
+        probabilities = logits(query, key, rel_rows, rel_cols, bias).softmax(2)  # (B, heads, k², H, W)
+        record_windows(probe, probabilities, kernel_size)
+        return aggregate(probabilities, value, kernel_size)
     return _LocalAttention.apply(query, key, value, rel_rows, rel_cols, compiled)
 
 

@@ -1,7 +1,8 @@
 """Local relation layer (Hu et al. 2019, Local Relational Networks) and the SASA attention stem.
 
-Both aggregate each pixel's k×k neighbourhood with weights computed from the neighbours; both materialise the
-neighbourhood with ``F.unfold`` (they are used at low channel counts: stems, or grouped scalar keys).
+Both aggregate each pixel's k×k neighbourhood with weights computed from the neighbours. The stem's logits and
+aggregation are those of ``local`` (shifted windows); the relation layer materialises the neighbourhood with
+``F.unfold`` (its keys are grouped scalars).
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from typing_extensions import override
 
 from attngraft.blocks._ops import Block, check_odd
 from attngraft.blocks.factory import register_block
-from attngraft.blocks.local import check_local_heads, relative_embeddings
+from attngraft.blocks.local import (
+    aggregate,
+    border_bias,
+    check_local_heads,
+    logits,
+    record_windows,
+    relative_embeddings,
+)
 from attngraft.blocks.recording import AttentionProbe
 
 
@@ -22,12 +30,6 @@ def neighbourhoods(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
     batch, channels, height, width = x.shape
     unfolded = F.unfold(x, kernel_size, padding=kernel_size // 2)  # (B, C·k², H·W)
     return unfolded.view(batch, channels, kernel_size * kernel_size, height, width)
-
-
-def inside_image(height: int, width: int, kernel_size: int, device: torch.device) -> torch.Tensor:
-    """Which neighbourhood positions of each pixel lie inside the image: (k², H, W) boolean."""
-    ones = torch.ones(1, 1, height, width, device=device)
-    return neighbourhoods(ones, kernel_size)[0, 0] > 0
 
 
 def relative_offsets(kernel_size: int) -> torch.Tensor:
@@ -85,11 +87,10 @@ class LocalRelation(Block):
         key = neighbourhoods(self.key(x), self.kernel_size)  # (B, G, k², H, W)
         offsets: torch.Tensor = self.offsets  # type: ignore[assignment]
         geometry = self.geometry(offsets.to(x.dtype)).view(1, self.groups, taps, 1, 1)  # (1, G, k², 1, 1)
-        logits = -((query - key) ** 2) + geometry  # (B, G, k², H, W)
-        logits = logits.masked_fill(~inside_image(height, width, self.kernel_size, x.device), float("-inf"))
-        weights = logits.softmax(dim=2)  # (B, G, k², H, W)
+        scores = -((query - key) ** 2) + geometry + border_bias(height, width, self.kernel_size, x)  # (B, G, k², H, W)
+        weights = scores.softmax(dim=2)  # (B, G, k², H, W)
         if self.probe.enabled:
-            self.probe(weights.permute(0, 1, 3, 4, 2).unflatten(-1, (self.kernel_size, self.kernel_size)))
+            record_windows(self.probe, weights, self.kernel_size)
         values = neighbourhoods(x, self.kernel_size).view(
             batch, self.groups, channels // self.groups, taps, height, width
         )
@@ -168,17 +169,11 @@ class LocalStem(Block):
         heads, head_dim, k = self.num_heads, self.head_dim, self.kernel_size
         per_mixture = self.values(x).view(batch, self.mixtures, self.out_dim, height, width)
         value = torch.einsum("bmchw,mhw->bchw", per_mixture, self.mixture_weights(height, width))  # (B, out, H, W)
-        query = self.query(x).view(batch, heads, head_dim, 1, height, width)
-        key = neighbourhoods(self.key(x), k).view(batch, heads, head_dim, k * k, height, width)
-        relative = torch.cat(
-            [self.rel_rows[:, :, None].expand(-1, -1, k, -1), self.rel_cols[:, None].expand(-1, k, -1, -1)], dim=-1
-        ).view(heads, k * k, head_dim)  # (heads, k², head_dim): r_{a-i, b-j}
-        logits = (query * key).sum(2) + torch.einsum(
-            "bhdyx,hod->bhoyx", query[:, :, :, 0], relative
-        )  # (B, h, k², H, W)
-        logits = logits.masked_fill(~inside_image(height, width, k, x.device), float("-inf"))
-        weights = logits.softmax(dim=2)  # (B, heads, k², H, W)
+        query = self.query(x).view(batch, heads, head_dim, height, width)
+        key = self.key(x).view(batch, heads, head_dim, height, width)
+        bias = border_bias(height, width, k, x)
+        weights = logits(query, key, self.rel_rows, self.rel_cols, bias).softmax(dim=2)  # (B, heads, k², H, W)
         if self.probe.enabled:
-            self.probe(weights.permute(0, 1, 3, 4, 2).unflatten(-1, (k, k)))
-        neighbours = neighbourhoods(value, k).view(batch, heads, head_dim, k * k, height, width)
-        return (weights[:, :, None] * neighbours).sum(3).reshape(batch, self.out_dim, height, width)
+            record_windows(self.probe, weights, k)
+        out = aggregate(weights, value.view(batch, heads, head_dim, height, width), k)  # (B, heads, hd, H, W)
+        return out.reshape(batch, self.out_dim, height, width)

@@ -165,9 +165,8 @@ DEPTHS = {18: (2, 2, 2, 2), 26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)
 def _register(depth: int, variant: str) -> None:
     name = {"conv": f"resnet{depth}", "sasa": f"sasa_resnet{depth}", "attnstem": f"sasa_resnet{depth}_attnstem"}
     block = BasicBlock if depth == 18 else Bottleneck
-    spatial, default_stem = ("conv", "imagenet") if variant == "conv" else ("local", "imagenet")
-    if variant == "attnstem":
-        default_stem = "attention"
+    spatial = "conv" if variant == "conv" else "local"
+    default_stem = "attention" if variant == "attnstem" else "imagenet"
 
     def build(*, num_classes: int, in_chans: int, stem: str = default_stem, **options: Any) -> nn.Module:
         return ResNet(

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp
 from timm.models.swin_transformer import PatchMerging
 from torch import nn
 from typing_extensions import override
 
 from attngraft.blocks import create_block
 from attngraft.models.factory import register_model
+from attngraft.models.layers import init_linear_layers
 
 
 class SwinLayer(nn.Module):
@@ -93,11 +94,7 @@ class SwinTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.num_features = dim
         self.head = nn.Linear(dim, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linear_layers(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) → the last stage's normalised map (B, H', W', num_features)."""

@@ -17,6 +17,7 @@ from typing_extensions import override
 from attngraft.blocks import EncoderLayer
 from attngraft.models.cnn import mnist_features
 from attngraft.models.factory import register_model
+from attngraft.models.layers import init_linear_layers
 
 # Named sizes: (embed_dim, depth, num_heads). "micro" is ours for 28×28 inputs; tiny/small from DeiT;
 # base/large/huge from the ViT paper (Table 1).
@@ -120,11 +121,7 @@ class VisionTransformer(nn.Module):
         for parameter in (self.pos_embed, self.cls_token, self.dist_token):
             if parameter is not None:
                 trunc_normal_(parameter, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linear_layers(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) → normalised tokens (B, prefix + patches, embed_dim)."""
