@@ -10,6 +10,8 @@ from attngraft.cli import main
 
 from .data.fixtures import make_idx_arrays, write_idx_dataset
 
+CONFIGS = Path(__file__).parents[1] / "configs" / "grafts"
+
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
@@ -39,6 +41,11 @@ def test_data_list(capsys: pytest.CaptureFixture[str]) -> None:
         (["data", "fashion_mnist"], "unknown dataset 'fashion_mnist'. Did you mean 'fashion-mnist'"),
         (["data", "cifar10", "--data-dir", "/nonexistent"], "dataset 'cifar10' not found"),
         (["models", "vgg*"], "no model matches 'vgg*'; models: deepvit"),
+        (["graft-info", "/nonexistent/spec.yaml"], "cannot read graft spec /nonexistent/spec.yaml"),
+        (
+            ["graft-info", str(CONFIGS.parent / "README.md")],
+            f"graft spec {CONFIGS.parent / 'README.md'} is not valid YAML",
+        ),
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -86,3 +93,19 @@ def test_models_table_lists_parameters_and_flops(capsys: pytest.CaptureFixture[s
     _, family, size, params, gflops, gmacs = rows["resnet50"]
     assert (family, size, params) == ("resnet", "3x224x224", "25.56")
     assert float(gflops) == pytest.approx(2 * float(gmacs), abs=0.002)
+
+
+def test_graft_info_prints_counts_and_grafts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["graft-info", str(CONFIGS / "resnet18_non_local_insert.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "backbone     torchvision/resnet18 (weights: random)" in out
+    assert re.search(r"^parameters   total 11,834,954  trainable 664,714 \(5.6%\)  frozen 11,170,240$", out, re.M)
+    assert re.search(r"^insert   non_local   after layer3\s+132,480  256 ch, 4×4$", out, re.M)
+    assert re.search(r"^new      classifier  fc\s+5,130", out, re.M)
+
+
+def test_graft_info_on_a_spec_that_does_not_fit_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("backbone: torchvision/resnet18\ngraft:\n  - {mode: head, block: mhsa, stage: layer7}\n")
+    assert main(["graft-info", str(spec)]) == 2
+    assert "no module 'layer7'; stages: relu (64 ch, /2), layer1" in capsys.readouterr().err

@@ -8,6 +8,16 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
 from attngraft.blocks import create_block, list_blocks, record_attention
+from attngraft.grafting import build, graft
 from attngraft.models import create_model, list_models
 
-__all__ = ["__version__", "create_block", "create_model", "list_blocks", "list_models", "record_attention"]
+__all__ = [
+    "__version__",
+    "build",
+    "create_block",
+    "create_model",
+    "graft",
+    "list_blocks",
+    "list_models",
+    "record_attention",
+]

@@ -87,6 +87,16 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_graft_info(args: argparse.Namespace) -> int:
+    from attngraft.grafting import build, load_spec, summarize
+
+    spec = load_spec(args.spec)
+    if args.download:
+        spec["download"] = True
+    print(summarize(build(spec)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``attngraft`` command."""
     parser = argparse.ArgumentParser(prog="attngraft", description="Add attention to vision models.")
@@ -108,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the models: family, default input, parameters, FLOPs")
     models.add_argument("pattern", nargs="?", help="glob over model names, e.g. 'sasa_*'")
     models.set_defaults(handler=_run_models)
+
+    graft_info = commands.add_parser("graft-info", help="build a graft spec; print its grafts and parameter counts")
+    graft_info.add_argument("spec", help="YAML graft spec (see configs/grafts/)")
+    graft_info.add_argument("--download", action="store_true", help="allow downloading imagenet weights")
+    graft_info.set_defaults(handler=_run_graft_info)
     return parser
 
 

@@ -22,3 +22,15 @@ class DataNotFoundError(AttngraftError, FileNotFoundError):
 
 class CorruptDataError(AttngraftError, ValueError):
     """A data file that exists but is truncated, corrupt or in the wrong format."""
+
+
+class SpecError(AttngraftError, ValueError):
+    """A graft spec (dict or YAML) with a missing, unknown or ill-fitting entry."""
+
+
+class WeightsError(AttngraftError, ValueError):
+    """A weights file that cannot be loaded safely, or whose keys or shapes do not fit the model."""
+
+
+class WeightsNotFoundError(AttngraftError, FileNotFoundError):
+    """Weights that are neither at the given path nor in any local cache (and downloading is off)."""

@@ -20,6 +20,14 @@ from attngraft.errors import UnknownNameError
 T = TypeVar("T")
 
 
+def unknown_name_message(kind: str, name: object, valid: list[str], *, list_all: bool = True) -> str:
+    """The message for an unknown name: the closest valid names and (when ``list_all``) every valid name."""
+    close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(match) for match in close)}?" if close else ""
+    listing = f" Valid {kind}s: {', '.join(valid) or '(none registered)'}" if list_all else ""
+    return f"unknown {kind} {name!r}.{hint}{listing}"
+
+
 class Registry(Generic[T]):
     """Maps names to objects (classes, factories or specs) of one kind.
 
@@ -71,10 +79,7 @@ class Registry(Generic[T]):
         return [name for name in names if fnmatch.fnmatchcase(name, pattern)]
 
     def _unknown_message(self, name: object) -> str:
-        valid = ", ".join(self.names()) or "(none registered)"
-        close = difflib.get_close_matches(str(name), self.names(), n=3, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(match) for match in close)}?" if close else ""
-        return f"unknown {self.kind} {name!r}.{hint} Valid {self.kind}s: {valid}"
+        return unknown_name_message(self.kind, name, self.names())
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -90,7 +90,11 @@ def test_multiply_adds_match_published(name: str, published_gmacs: float, tolera
 
 def test_sasa_replaces_every_spatial_convolution() -> None:
     model = create_model("sasa_resnet26")
-    convs = [module for module in model.stages.modules() if isinstance(module, torch.nn.Conv2d)]
+    convs = [
+        module
+        for module in (module for index in range(1, 5) for module in getattr(model, f"layer{index}").modules())
+        if isinstance(module, torch.nn.Conv2d)
+    ]
     assert all(conv.kernel_size == (1, 1) for conv in convs)
     assert sum(type(module).__name__ == "LocalSelfAttention" for module in model.modules()) == 1 + 2 + 4 + 1
 
@@ -127,4 +131,15 @@ def test_unknown_sizes_and_stems_list_valid_ones() -> None:
 def test_conv_resnets_refuse_attention_options() -> None:
     with pytest.raises(TypeError, match="only apply to the local attention"):
         create_model("resnet26", kernel_size=5)
-    assert create_model("sasa_resnet26", kernel_size=5).stages[0][0].conv2.kernel_size == 5
+    assert create_model("sasa_resnet26", kernel_size=5).layer1[0].conv2.kernel_size == 5
+
+
+def test_vit_resamples_positions_for_other_input_sizes() -> None:
+    model = create_model("vit").eval()
+    assert model(torch.randn(2, 1, 42, 35)).shape == (2, 10)
+    same = model.position_embedding(*model.grid_size)
+    assert same is model.pos_embed
+    resampled = model.position_embedding(6, 5)
+    assert resampled.shape == (1, 1 + 6 * 5, model.num_features)
+    # The class token's position is carried over unchanged.
+    torch.testing.assert_close(resampled[:, 0], model.pos_embed[:, 0])

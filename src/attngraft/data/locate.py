@@ -15,10 +15,10 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
+from attngraft._io import atomic_path
 from attngraft.errors import CorruptDataError
 
 DATA_ENV = "ATTNGRAFT_DATA"
@@ -57,23 +57,6 @@ def staging_dir(name: str, source: Path) -> Path:
     """
     key = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:12]
     return cache_dir() / "staged" / f"{name}-{key}"
-
-
-@contextmanager
-def atomic_path(destination: Path) -> Iterator[Path]:
-    """Yields a temporary path beside ``destination``; renames it into place only if the block succeeds."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    os.close(handle)
-    temporary_path = Path(temporary)
-    try:
-        yield temporary_path
-        os.replace(temporary_path, destination)
-    finally:
-        if temporary_path.is_dir():
-            shutil.rmtree(temporary_path, ignore_errors=True)
-        else:
-            temporary_path.unlink(missing_ok=True)
 
 
 def is_fresh(staged: Path, source: Path) -> bool:

@@ -17,8 +17,9 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from typing_extensions import override
 
+from attngraft._io import atomic_path
 from attngraft.data import formats
-from attngraft.data.locate import atomic_path, is_fresh, search_roots, stage_gunzip, stage_tar, staging_dir
+from attngraft.data.locate import is_fresh, search_roots, stage_gunzip, stage_tar, staging_dir
 from attngraft.errors import CorruptDataError, DataNotFoundError
 
 logger = logging.getLogger(__name__)

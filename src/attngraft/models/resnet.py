@@ -19,6 +19,7 @@ from attngraft.blocks import create_block
 from attngraft.models.factory import register_model
 
 STEMS = ("imagenet", "cifar", "attention")
+STEM_REDUCTION = {"imagenet": 4, "cifar": 1, "attention": 4}
 SPATIAL = ("conv", "local")
 
 
@@ -117,6 +118,8 @@ class ResNet(nn.Module):
         - Output: (B, num_classes).
     """
 
+    feature_info: list[dict[str, Any]]
+
     def __init__(
         self,
         block: type[BasicBlock | Bottleneck],
@@ -130,7 +133,10 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.stem = make_stem(stem, in_chans)
-        stages, channels = [], 64
+        reduction = STEM_REDUCTION[stem]
+        # Stage metadata in timm's format, so grafting finds stages the same way for timm and attngraft models.
+        self.feature_info = [{"num_chs": 64, "reduction": reduction, "module": "stem"}]
+        channels = 64
         for index, depth in enumerate(depths):
             width = 64 * 2**index
             blocks = []
@@ -138,8 +144,10 @@ class ResNet(nn.Module):
                 stride = 2 if index > 0 and position == 0 else 1
                 blocks.append(block(channels, width, stride, spatial, **spatial_options))
                 channels = width * block.expansion
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
+            reduction *= 2 if index > 0 else 1
+            # torchvision's stage names (layer1..layer4), which graft specs address.
+            self.add_module(f"layer{index + 1}", nn.Sequential(*blocks))
+            self.feature_info.append({"num_chs": channels, "reduction": reduction, "module": f"layer{index + 1}"})
         self.num_features = channels
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(channels, num_classes)
@@ -152,7 +160,10 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) → the last stage's map (B, num_features, H / 32, W / 32) with the imagenet stem."""
-        return self.stages(self.stem(x))
+        x = self.stem(x)
+        for index in range(1, 5):
+            x = getattr(self, f"layer{index}")(x)
+        return x
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:

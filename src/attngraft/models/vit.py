@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.layers import trunc_normal_
+from timm.layers import resample_abs_pos_embed, trunc_normal_
 from torch import nn
 from typing_extensions import override
 
@@ -89,7 +89,8 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"patch_size {patch_size} must divide img_size {img_size} (the side the patches cut)")
         self.stem = stem or nn.Identity()
         self.patch_embed = nn.Conv2d(stem_channels or in_chans, embed_dim, patch_size, stride=patch_size)
-        self.num_patches = (img_size // patch_size) ** 2
+        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.num_prefix_tokens = 2 if distilled else 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
@@ -124,11 +125,27 @@ class VisionTransformer(nn.Module):
         init_linear_layers(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) → normalised tokens (B, prefix + patches, embed_dim)."""
-        patches = self.patch_embed(self.stem(x)).flatten(2).transpose(1, 2)  # (B, patches, D)
+        """(B, in_chans, H, W) → normalised tokens (B, prefix + patches, embed_dim).
+
+        Inputs of another size than ``img_size`` get the position embedding resampled (bicubic) to their grid.
+        """
+        patches = self.patch_embed(self.stem(x))  # (B, D, grid_h, grid_w)
+        position = self.position_embedding(patches.shape[-2], patches.shape[-1])
+        patches = patches.flatten(2).transpose(1, 2)  # (B, patches, D)
         prefix = [self.cls_token] + ([self.dist_token] if self.dist_token is not None else [])
         tokens = torch.cat([token.expand(x.shape[0], -1, -1) for token in prefix] + [patches], dim=1)
-        return self.norm(self.layers(self.pos_drop(tokens + self.pos_embed)))
+        return self.norm(self.layers(self.pos_drop(tokens + position)))
+
+    def position_embedding(self, grid_height: int, grid_width: int) -> torch.Tensor:
+        """The learned positions (1, prefix + patches, D), resampled when the patch grid differs from training's."""
+        if (grid_height, grid_width) == self.grid_size:
+            return self.pos_embed
+        return resample_abs_pos_embed(
+            self.pos_embed,
+            new_size=[grid_height, grid_width],
+            old_size=list(self.grid_size),
+            num_prefix_tokens=self.num_prefix_tokens,
+        )
 
     @override
     def forward(self, x: torch.Tensor) -> Any:
