@@ -266,3 +266,81 @@ def test_top_level_api_grafts_an_existing_torchvision_model() -> None:
     model = attngraft.graft(torchvision.models.resnet18(weights=None), [HEAD], freeze="backbone", image_size=IMAGE)
     assert model(torch.randn(1, 3, IMAGE, IMAGE)).shape == (1, 1000)  # num_classes from the model's classifier
     assert attngraft.build is build
+
+
+def test_pickled_insert_hooks_survive_a_fresh_hook_counter() -> None:
+    import pickle
+
+    from torch.utils.hooks import RemovableHandle
+
+    model = build(spec("torchvision/resnet18", INSERT)).eval()
+    with torch.no_grad():
+        model.grafts["insert_layer3"].gate.fill_(1.0)
+        expected = model(batch())
+    payload = pickle.dumps(model)
+    # A new process counts hook ids from 0 again: hand out the pickled id next, as that process might.
+    RemovableHandle.next_id = model.hooks["insert_layer3"][1]
+    loaded = pickle.loads(payload)
+    loaded.backbone.layer3.register_forward_hook(lambda module, args, output: None)
+    with torch.no_grad():
+        assert torch.equal(loaded(batch()), expected)
+    assert isinstance(loaded.ungraft().layer3, nn.Sequential)
+
+
+def test_ungraft_after_a_dtype_change_gives_a_working_model() -> None:
+    model = build(spec("torchvision/resnet18", REPLACE, INSERT)).double()
+    original = model.ungraft().eval()
+    with torch.no_grad():
+        assert original(batch().double()).dtype == torch.float64
+
+
+def test_graft_with_freeze_none_keeps_the_users_flags_and_mode() -> None:
+    original = create_backbone("torchvision/resnet18", num_classes=10, in_chans=1).eval()
+    original.conv1.weight.requires_grad_(False)
+    model = graft(original, [INSERT], freeze="none")
+    assert not model.training
+    assert not model.backbone.training
+    assert not model.backbone.conv1.weight.requires_grad
+    assert model.backbone.layer1[0].conv1.weight.requires_grad
+
+
+def test_insert_after_a_module_that_runs_several_times_is_refused() -> None:
+    with pytest.raises(SpecError, match=r"layer1\.0\.relu runs 2 times per forward"):
+        build(spec("torchvision/resnet18", {**INSERT, "block": "se", "after": "layer1.0.relu"}))
+
+
+def test_insert_after_a_parameter_free_module_past_the_head_is_refused() -> None:
+    with pytest.raises(SpecError, match="avgpool comes after the head's stage layer3"):
+        build(spec("torchvision/resnet18", {**HEAD, "stage": "layer3"}, {**INSERT, "block": "se", "after": "avgpool"}))
+
+
+def test_head_on_a_timm_stem_keeps_modules_its_forward_still_indexes() -> None:
+    model = build(spec("timm/mobilenetv3_small_100", {**HEAD, "stage": "bn1", "patch_size": 4}))
+    assert model(batch()).shape == (2, 10)
+    assert any("kept the backbone modules after bn1" in note for note in model.notes)
+
+
+def test_replace_at_an_odd_map_size_keeps_the_convolution_shapes() -> None:
+    model = build(spec("torchvision/resnet18", {**REPLACE, "stages": ["layer3", "layer4"]}, image_size=200))
+    assert model(torch.randn(1, 1, 200, 200)).shape == (1, 10)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"graft": [{**HEAD, "patch_size": "2"}]}, "patch_size must be a positive integer, got '2'"),
+        ({"graft": [{**HEAD, "depth": 0}]}, "depth must be a positive integer, got 0"),
+        ({"graft": [{**HEAD, "mode": ["head"]}]}, "mode one of"),
+        ({"download": "no"}, "download must be true or false, got 'no'"),
+    ],
+)
+def test_more_malformed_specs_are_refused(bad: dict[str, object], message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        build({"backbone": "torchvision/resnet18", "image_size": IMAGE, **bad})
+
+
+def test_binary_spec_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(bytes(range(256)))
+    with pytest.raises(SpecError, match="is not a text"):
+        build(path)

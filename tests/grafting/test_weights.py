@@ -129,3 +129,18 @@ def test_timm_and_attngraft_imagenet_weights_fail_clearly_offline(
         imagenet_weights("timm", "resnet18")
     with pytest.raises(WeightsError, match=r"no published ImageNet weights; pass a weights file"):
         imagenet_weights("attngraft", "resnet18")
+
+
+def test_stem_weights_are_adapted_only_from_rgb_filters_of_the_same_size(tmp_path: Path) -> None:
+    gray = create_backbone("torchvision/resnet18", in_chans=1, num_classes=10)
+    path = save_weights(gray, tmp_path / "gray.safetensors")
+    with pytest.raises(
+        WeightsError, match=r"conv1.weight: \(64, 1, 7, 7\) in the weights, \(64, 3, 7, 7\) in the model"
+    ):
+        build({**SPEC, "weights": str(path)})
+
+
+def test_text_file_named_pt_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "notes.pt").write_text("just some text\n")
+    with pytest.raises(WeightsError, match=r"notes\.pt"):
+        read_state_dict(tmp_path / "notes.pt")

@@ -365,7 +365,8 @@ class LocalSelfAttention(Block):
         query, key, value = qkv.unbind(1)  # (B, heads, head_dim, H, W) each
         out = local_attention(query, key, value, self.rel_rows, self.rel_cols, self.probe, self.compiled)
         out = out.reshape(batch, self.out_dim, height, width)  # (B, out_dim, H, W)
-        return F.avg_pool2d(out, 2) if self.stride == 2 else out
+        # ceil_mode: odd sides give ceil(H / 2), as a stride-2 3×3 convolution with padding 1 does.
+        return F.avg_pool2d(out, 2, ceil_mode=True) if self.stride == 2 else out
 
     @override
     def attention_flops(self, input_shape: torch.Size) -> int:

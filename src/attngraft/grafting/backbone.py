@@ -9,6 +9,7 @@ timm's ``feature_info``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -216,7 +217,7 @@ def probe_features(model: nn.Module, names: Sequence[str], sample: torch.Tensor)
     """Outputs of the named modules for ``sample`` (from :func:`probe_sample`), computed in eval mode.
 
     Uses torchvision's ``create_feature_extractor``. The model's mode is restored afterwards and no running
-    statistic moves. Forward hooks on traced-through modules (inserted grafts) do not run.
+    statistic moves. Forward hooks (inserted grafts) are traced along.
 
     Raises:
         SpecError: For a name that is not a module of ``model``, listing its stages.
@@ -232,6 +233,11 @@ def probe_features(model: nn.Module, names: Sequence[str], sample: torch.Tensor)
             raise SpecError(f"cannot trace {type(model).__name__} to {list(names)}: {error}") from None
         with torch.no_grad():
             outputs = extractor(sample)
+    except (RuntimeError, ValueError) as error:
+        raise SpecError(
+            f"{type(model).__name__} fails on a {tuple(sample.shape)} probe input ({str(error).splitlines()[0]}); "
+            "a larger image_size may fit"
+        ) from None
     finally:
         model.train(was_training)
     return {name: outputs[name] for name in names}
@@ -245,6 +251,15 @@ def check_modules(model: nn.Module, names: Sequence[str], *, in_chans: int, imag
             raise SpecError(
                 f"{type(model).__name__} has no module {name!r}; {stage_listing(model, in_chans, image_size)}"
             )
+
+
+def times_called(model: nn.Module, names: Sequence[str]) -> dict[str, int]:
+    """How often one forward calls each leaf module (torchvision's ResNet blocks reuse their ReLU); else 1."""
+    _, nodes = get_graph_node_names(model, tracer_kwargs=_tracer_options())
+    return {
+        name: max(1, sum(re.fullmatch(rf"{re.escape(name)}(_\d+)?", node) is not None for node in nodes))
+        for name in names
+    }
 
 
 def used_module_names(model: nn.Module, stage: str) -> set[str]:

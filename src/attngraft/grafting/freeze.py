@@ -1,7 +1,8 @@
 """Freezing: which backbone parameters train, and frozen BatchNorm layers kept in eval mode.
 
 ``backbone``: only what grafting added trains (grafts, replacement blocks, a re-initialised classifier).
-``none``: everything trains. ``stages:<a>,<b>``: the named backbone modules (and everything inside them) are frozen.
+``none``: grafting freezes nothing (the backbone's parameters keep the ``requires_grad`` they had).
+``stages:<a>,<b>``: the named backbone modules (and everything inside them) are frozen.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def apply_freeze(model: GraftedModel, freeze: str) -> None:
     def is_frozen(name: str) -> bool:
         return frozen_prefixes is not None and _inside(name, frozen_prefixes) and not _inside(name, new)
 
-    for name, parameter in model.backbone.named_parameters():
-        parameter.requires_grad_(not is_frozen(name))
+    if frozen_prefixes is not None:
+        for name, parameter in model.backbone.named_parameters():
+            parameter.requires_grad_(not is_frozen(name))
     for parameter in model.grafts.parameters():
         parameter.requires_grad_(True)
     model.frozen_norms = [

@@ -45,11 +45,18 @@ def attach_head(
     where = f"head {block_name} on {stage} ({describe_map(features)})"
     if block_name in BLOCKS and BLOCKS.get(block_name).layout != "tokens":
         raise SpecError(f"{where}: {block_name} takes maps; a head mixes tokens: {list_blocks(layout='tokens')}")
+    for option, value in (("patch_size", patch_size), ("depth", depth), ("embed_dim", embed_dim)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SpecError(f"{where}: {option} must be a positive integer, got {value!r}")
     if features.ndim != 4 or features.shape[2] != features.shape[3]:
         raise SpecError(f"{where}: the head needs a square (B, C, H, W) map")
     if features.shape[2] % patch_size:
         raise SpecError(f"{where}: patch_size {patch_size} does not divide the map's side {features.shape[2]}")
-    _check_truncation(model, stage, sample, features, where)
+    if not _truncation_matches(model, stage, sample, features):
+        raise SpecError(
+            f"{where}: running {type(model.backbone).__name__}'s modules in order up to {stage} does not reproduce "
+            "its forward there, so a head cannot stop at that stage (insert and replace grafts still work)"
+        )
     try:
         head = VisionTransformer(
             num_classes=num_classes,
@@ -66,45 +73,52 @@ def attach_head(
         raise SpecError(f"{where}: {error}") from None
     model.grafts["head"] = head.to(features.device)
     model.head_stage = stage
+    model.head_modules = used_module_names(model.backbone, stage)
     tokens = (features.shape[2] // patch_size) ** 2
     detail = f"{describe_map(features)} → {tokens} tokens of {embed_dim}, depth {depth}"
     model.records.append(GraftRecord("head", block_name, stage, ("grafts.head",), detail))
-    _drop_unused(model, stage)
+    _drop_unused(model, stage, sample, features)
 
 
-def _check_truncation(
-    model: GraftedModel, stage: str, sample: torch.Tensor, features: torch.Tensor, where: str
-) -> None:
-    """Stopping the forward at ``stage`` must give what the traced full forward gives there."""
+def _truncation_matches(model: GraftedModel, stage: str, sample: torch.Tensor, features: torch.Tensor) -> bool:
+    """Whether stopping the forward at ``stage`` gives what the traced full forward gives there."""
     was_training = model.backbone.training
     try:
         with torch.no_grad():
             truncated = forward_until(model.backbone.eval(), stage, sample)
+    except Exception:  # any failure means the truncated forward is not usable (e.g. auxiliary heads run)
+        return False
     finally:
         model.backbone.train(was_training)
-    if truncated.shape != features.shape or not torch.allclose(truncated, features, rtol=1e-4, atol=1e-5):
-        raise SpecError(
-            f"{where}: running {type(model.backbone).__name__}'s modules in order up to {stage} does not reproduce "
-            "its forward there, so a head cannot stop at that stage (insert and replace grafts still work)"
-        )
+    return truncated.shape == features.shape and torch.allclose(truncated, features, rtol=1e-4, atol=1e-5)
 
 
-def _drop_unused(model: GraftedModel, stage: str) -> None:
-    """Replaces the backbone's modules that the truncated forward never runs (later stages, classifier)."""
-    used = used_module_names(model.backbone, stage)
+def _drop_unused(model: GraftedModel, stage: str, sample: torch.Tensor, features: torch.Tensor) -> None:
+    """Replaces the backbone's modules that the truncated forward never runs (later stages, classifier).
+
+    If the truncated forward then no longer works (a model that indexes a container it only partly runs, as timm's
+    ``forward_intermediates`` does), everything is put back and only the parameter counts say more than they run.
+    """
     dropped = []
 
     def visit(module: torch.nn.Module, prefix: str) -> None:
         for name, child in list(module.named_children()):
             qualified = f"{prefix}{name}"
-            if qualified in used:
+            if qualified in model.head_modules:
                 visit(child, f"{qualified}.")
             elif any(True for _ in child.parameters()) or any(True for _ in child.buffers()):
                 model.removed[qualified] = set_submodule(model.backbone, qualified, torch.nn.Identity())
                 dropped.append(qualified)
-                model.dropped.append(qualified)
 
     visit(model.backbone, "")
+    if not _truncation_matches(model, stage, sample, features):
+        for name in reversed(dropped):
+            set_submodule(model.backbone, name, model.removed.pop(name))
+        model.notes.append(
+            f"kept the backbone modules after {stage}: this model's truncated forward still indexes them"
+        )
+        return
+    model.dropped.extend(dropped)
     # A re-initialised classifier that is now dropped no longer needs to stay trainable.
     model.new_modules = [
         name for name in model.new_modules if not any(name == d or name.startswith(f"{d}.") for d in dropped)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from attngraft.blocks import BLOCKS, Block, ResidualGate, list_blocks
 from attngraft.errors import SpecError
@@ -29,9 +30,13 @@ class InsertedBlock(ResidualGate):
         super().__init__(block, block.dim, channel_axis=1)
         self.location = location
 
-    def hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> torch.Tensor:
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.gate.view(1, -1, 1, 1) * self.block(x)  # no shape arithmetic, so torch.fx can trace it
+
+    def hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         """Forward hook on the module at ``location``: replaces its output. A bound method, so deepcopy works."""
-        if not isinstance(output, torch.Tensor):
+        if not isinstance(output, torch.Tensor | torch.fx.Proxy):
             raise TypeError(f"insert after {self.location!r}: that module returns {type(output).__name__}, not a map")
         return self(output)
 
@@ -39,8 +44,12 @@ class InsertedBlock(ResidualGate):
         return f"after={self.location!r}"
 
 
-def insert_block(model: GraftedModel, block_name: str, location: str, features: torch.Tensor, **options: Any) -> None:
-    """Inserts ``block_name`` after backbone module ``location`` whose probed output is ``features``.
+def insert_block(
+    model: GraftedModel, block_name: str, location: str, features: torch.Tensor, *, calls: int = 1, **options: Any
+) -> None:
+    """Inserts ``block_name`` after backbone module ``location``, whose probed output is ``features``.
+
+    ``calls`` is how often one forward runs ``location`` (from :func:`~attngraft.grafting.backbone.times_called`).
 
     Raises:
         SpecError: For a token block, or a block that does not fit the map (channels, heads, window size).
@@ -50,6 +59,8 @@ def insert_block(model: GraftedModel, block_name: str, location: str, features: 
         raise SpecError(f"{where}: {block_name} takes tokens; insert takes map blocks: {list_blocks(layout='map')}")
     if features.ndim != 4:
         raise SpecError(f"{where}: {location} does not output a (B, C, H, W) map")
+    if calls > 1:
+        raise SpecError(f"{where}: {location} runs {calls} times per forward; insert after a stage or a block instead")
     block = build_block(where, block_name, features, **options)
     inserted = InsertedBlock(block, location).to(features.device)
     key = "insert_" + location.replace(".", "_")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -60,8 +60,30 @@ class GraftedModel(nn.Module):
         self.frozen_norms: list[str] = []
         self.removed: dict[str, nn.Module] = {}  # original modules taken out, kept (unregistered) for ungraft()
         self.dropped: list[str] = []  # backbone modules a head made unused
+        self.head_modules: set[str] = set()  # backbone modules the head's truncated forward runs
         self.hooks: dict[str, tuple[str, int]] = {}  # grafts key → (backbone module, id of the forward hook on it)
         self._requires_grad = {name: parameter.requires_grad for name, parameter in backbone.named_parameters()}
+        self.training = backbone.training
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Re-registers the insert hooks after unpickling or deepcopy, with ids fresh in this process.
+
+        Hook ids count from 0 in every process, so a pickled id could be handed out again and a user's hook would
+        then silently replace an inserted block.
+        """
+        super().__setstate__(state)  # type: ignore[no-untyped-call]
+        for key, (location, hook_id) in self.hooks.items():
+            target = self.backbone.get_submodule(location)
+            hook = target._forward_hooks.pop(hook_id)
+            self.hooks[key] = (location, target.register_forward_hook(hook).id)
+
+    @override
+    def _apply(self, fn: Any, recurse: bool = True) -> Self:
+        """Moves or casts the modules kept for :meth:`ungraft` along with the model."""
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        for module in self.removed.values():
+            module._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        return self
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:

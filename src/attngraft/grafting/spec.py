@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from torch import nn
 
@@ -36,6 +37,7 @@ from attngraft.grafting.backbone import (
     probe_features,
     probe_sample,
     split_name,
+    times_called,
 )
 from attngraft.grafting.freeze import apply_freeze
 from attngraft.grafting.head import attach_head
@@ -56,6 +58,8 @@ def load_spec(path: str | Path) -> dict[str, Any]:
         content = yaml.safe_load(path.read_text())
     except OSError as error:
         raise SpecError(f"cannot read graft spec {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"graft spec {path} is not a text (YAML) file") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -87,7 +91,7 @@ def check_spec(spec: object) -> dict[str, Any]:
         "in_chans": _positive_int(spec, "in_chans", 3),
         "num_classes": _positive_int(spec, "num_classes", None),
         "image_size": _positive_int(spec, "image_size", None),
-        "download": bool(spec.get("download", False)),
+        "download": _boolean(spec, "download"),
         "freeze": str(spec.get("freeze", "backbone")),
         "graft": check_grafts(spec.get("graft") or []),
     }
@@ -100,6 +104,13 @@ def _positive_int(spec: Mapping[str, Any], key: str, default: int | None) -> int
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise SpecError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _boolean(spec: Mapping[str, Any], key: str) -> bool:
+    value = spec.get(key, False)
+    if not isinstance(value, bool):
+        raise SpecError(f"{key} must be true or false, got {value!r}")
     return value
 
 
@@ -117,7 +128,7 @@ def check_grafts(grafts: object) -> list[dict[str, Any]]:
         raise SpecError(f"graft must be a list of graft entries, got {type(grafts).__name__}")
     checked = []
     for index, entry in enumerate(grafts):
-        if not isinstance(entry, Mapping) or entry.get("mode") not in MODE_KEYS:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("mode"), str) or entry["mode"] not in MODE_KEYS:
             raise SpecError(f"graft[{index}] must be a mapping with mode one of {list(MODE_KEYS)}, got {entry!r}")
         missing = [key for key in MODE_KEYS[entry["mode"]] if key not in entry]
         if missing:
@@ -220,6 +231,7 @@ def apply_grafts(
     sample = probe_sample(model.backbone, in_chans=model.in_chans, image_size=model.image_size)
     locations = [location for entry in grafts if entry["mode"] != "replace" for location in _locations(entry)]
     maps = probe_features(model.backbone, locations, sample) if locations else {}
+    calls = times_called(model.backbone, locations) if locations else {}  # traced before any insert hook exists
     for entry in (entry for entry in grafts if entry["mode"] == "head"):
         stage, classes = str(entry["stage"]), num_classes or _classifier_outputs(model)
         attach_head(
@@ -228,12 +240,30 @@ def apply_grafts(
     for entry in (entry for entry in grafts if entry["mode"] == "insert"):
         for location in _as_list(entry["after"]):
             _require_kept(model, location)
-            insert_block(model, str(entry["block"]), location, maps[location], **_options(entry, "insert"))
+            options = _options(entry, "insert")
+            insert_block(model, str(entry["block"]), location, maps[location], calls=calls[location], **options)
     for record in (record for record in model.records if record.mode == "replace"):
         for name in record.modules:
             _require_kept(model, name.removeprefix("backbone."))
     apply_freeze(model, freeze)
+    _check_runs(model, sample)
     return model
+
+
+def _check_runs(model: GraftedModel, sample: torch.Tensor) -> None:
+    """One forward of the grafted model on the probe input, so a misfit shows now rather than in training."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(sample)
+    except (RuntimeError, ValueError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SpecError(
+            f"the grafted {model.name} fails on a {tuple(sample.shape)} input (image_size {model.image_size}): "
+            f"{first_line}"
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 def _options(entry: Mapping[str, Any], mode: str) -> dict[str, Any]:
@@ -249,7 +279,6 @@ def _locations(entry: Mapping[str, Any]) -> list[str]:
 
 
 def _require_kept(model: GraftedModel, name: str) -> None:
-    """A graft inside a module the head dropped would never run."""
-    for dropped in model.dropped:
-        if name == dropped or name.startswith(f"{dropped}."):
-            raise SpecError(f"{name} comes after the head's stage {model.head_stage}, so it would never run")
+    """A graft on a module that the head's truncated forward does not run would never run."""
+    if model.head_stage is not None and name not in model.head_modules:
+        raise SpecError(f"{name} comes after the head's stage {model.head_stage}, so it would never run")

@@ -58,7 +58,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"(torch.load weights_only=True said: {str(error).splitlines()[0]}). Convert it to .safetensors "
             "from a trusted environment."
         ) from None
-    except (RuntimeError, EOFError, OSError) as error:
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, TypeError) as error:
         raise WeightsError(f"weights file {path} is corrupt or not a torch file: {error}") from None
     return _as_state_dict(content, path)
 
@@ -135,7 +135,7 @@ def load_weights(
         target = expected.get(key)
         if target is None or target.shape == value.shape:
             adapted[key] = value
-        elif key == f"{stem}.weight" and value.ndim == 4 and value.shape[0] == target.shape[0]:
+        elif key == f"{stem}.weight" and _adaptable(value, target):
             adapted[key] = adapt_input_conv(target.shape[1], value)
             method = "summing" if target.shape[1] == 1 else "repeating and rescaling"
             report.adapted.append(
@@ -157,6 +157,12 @@ def load_weights(
     for line in report.notes():
         logger.info("%s: %s", source, line)
     return report
+
+
+def _adaptable(weights: torch.Tensor, target: torch.Tensor) -> bool:
+    """A 3-channel (RGB) stem filter bank that differs from the model's only in input channels."""
+    same_filters = weights.shape[0] == target.shape[0] and weights.shape[2:] == target.shape[2:]
+    return weights.ndim == 4 and weights.shape[1] == 3 and same_filters
 
 
 def _optional_keys(expected: Mapping[str, torch.Tensor]) -> set[str]:
