@@ -349,10 +349,14 @@ def test_binary_spec_file_is_refused(tmp_path: Path) -> None:
 def test_feature_extraction_traces_the_inserted_blocks() -> None:
     from torchvision.models.feature_extraction import create_feature_extractor
 
+    from attngraft.grafting.backbone import tracer_options
+
     model = build(spec("torchvision/resnet18", INSERT)).eval()
     with torch.no_grad():
         model.grafts["insert_layer3"].gate.fill_(1.0)
-        traced = create_feature_extractor(model, return_nodes=["backbone.layer4"])(batch())["backbone.layer4"]
+        traced = create_feature_extractor(model, ["backbone.layer4"], tracer_kwargs=tracer_options())(batch())[
+            "backbone.layer4"
+        ]
         captured: list[torch.Tensor] = []
         handle = model.backbone.layer4.register_forward_hook(lambda module, args, output: captured.append(output))
         model(batch())

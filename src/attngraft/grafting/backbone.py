@@ -181,7 +181,7 @@ def list_stages(model: nn.Module, *, in_chans: int, image_size: int = 224) -> li
 
 def _trunk_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     """Top-level modules up to global pooling or the classifier, each with its children if it is a Sequential."""
-    _, nodes = get_graph_node_names(model, tracer_kwargs=_tracer_options())  # eval-mode node names
+    _, nodes = get_graph_node_names(model, tracer_kwargs=tracer_options())  # eval-mode node names
 
     def traced(name: str) -> bool:  # some containers (e.g. RegNet's stem) trace as one node
         return any(node == name or node.startswith(f"{name}.") for node in nodes)
@@ -199,8 +199,8 @@ def _trunk_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     return groups
 
 
-def _tracer_options() -> dict[str, Any]:
-    """Leaf modules for tracing: timm's untraceable layers and every attngraft block (they branch on shapes)."""
+def tracer_options() -> dict[str, Any]:
+    """``tracer_kwargs`` for torch.fx feature extraction: timm's untraceable layers and attngraft's blocks as leaves."""
     leaf_modules = [*get_notrace_modules(), Block]  # type: ignore[no-untyped-call]
     return {"leaf_modules": leaf_modules, "autowrap_functions": list(get_notrace_functions())}  # type: ignore[no-untyped-call]
 
@@ -226,9 +226,7 @@ def probe_features(model: nn.Module, names: Sequence[str], sample: torch.Tensor)
     was_training = model.training
     try:
         try:
-            extractor = create_feature_extractor(
-                model.eval(), return_nodes=list(names), tracer_kwargs=_tracer_options()
-            )
+            extractor = create_feature_extractor(model.eval(), return_nodes=list(names), tracer_kwargs=tracer_options())
         except (ValueError, TypeError, RuntimeError, torch.fx.proxy.TraceError) as error:
             raise SpecError(f"cannot trace {type(model).__name__} to {list(names)}: {error}") from None
         with torch.no_grad():
@@ -255,7 +253,7 @@ def check_modules(model: nn.Module, names: Sequence[str], *, in_chans: int, imag
 
 def times_called(model: nn.Module, names: Sequence[str]) -> dict[str, int]:
     """How often one forward calls each leaf module (torchvision's ResNet blocks reuse their ReLU); else 1."""
-    _, nodes = get_graph_node_names(model, tracer_kwargs=_tracer_options())
+    _, nodes = get_graph_node_names(model, tracer_kwargs=tracer_options())
     return {
         name: max(1, sum(re.fullmatch(rf"{re.escape(name)}(_\d+)?", node) is not None for node in nodes))
         for name in names
@@ -264,7 +262,7 @@ def times_called(model: nn.Module, names: Sequence[str]) -> dict[str, int]:
 
 def used_module_names(model: nn.Module, stage: str) -> set[str]:
     """Names of the modules that computing ``stage``'s output runs (those in the traced graph up to it)."""
-    extractor = create_feature_extractor(model, return_nodes=[stage], tracer_kwargs=_tracer_options())
+    extractor = create_feature_extractor(model, return_nodes=[stage], tracer_kwargs=tracer_options())
     return {name for name, _ in extractor.named_modules() if name}
 
 
