@@ -143,7 +143,8 @@ class ResidualGate(nn.Module):
     """``x + gate ⊙ block(x)`` with a per-channel gate initialised to zero: an exact identity at step 0.
 
     Grafting a block through this gate leaves a pretrained model's output unchanged until training moves the
-    gate. The block must keep the input's shape.
+    gate. The block must keep the input's shape. ``channel_axis`` counts from the end (-1 for tokens, -3 for
+    maps), so the gate's broadcast shape is fixed at construction and torch.fx can trace the forward.
 
     Shape:
         - Input: the block's layout, (B, N, C) or (B, C, H, W).
@@ -152,17 +153,17 @@ class ResidualGate(nn.Module):
 
     def __init__(self, block: nn.Module, dim: int, channel_axis: int, init: float = 0.0) -> None:
         super().__init__()
+        if channel_axis >= 0:
+            raise ValueError(f"ResidualGate: channel_axis counts from the end (-1, -3, ...), got {channel_axis}")
         self.block = block
-        self.channel_axis = channel_axis
+        self.gate_shape = (-1,) + (1,) * (-1 - channel_axis)  # (C,) for tokens, (C, 1, 1) for maps
         self.gate = nn.Parameter(torch.full((dim,), float(init)))
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = [1] * x.ndim
-        shape[self.channel_axis] = -1
-        return x + self.gate.view(shape) * self.block(x)
+        return x + self.gate.view(self.gate_shape) * self.block(x)
 
     @classmethod
     def around(cls, block: Block, init: float = 0.0) -> ResidualGate:
         """Wraps an attngraft block, reading its channel dim and layout."""
-        return cls(block, block.dim, channel_axis=-1 if block.layout == "tokens" else 1, init=init)
+        return cls(block, block.dim, channel_axis=-1 if block.layout == "tokens" else -3, init=init)

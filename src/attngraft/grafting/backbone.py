@@ -10,7 +10,8 @@ timm's ``feature_info``.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -138,6 +139,11 @@ def set_input_channels(model: nn.Module, in_chans: int) -> None:
     set_submodule(model, name, replacement)
 
 
+def within(name: str, prefixes: Sequence[str]) -> bool:
+    """Whether module ``name`` is one of ``prefixes`` or inside one ("" holds everything)."""
+    return any(prefix == "" or name == prefix or name.startswith(f"{prefix}.") for prefix in prefixes)
+
+
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
     """Puts ``module`` at dotted ``name`` and returns the module that was there."""
     parent_name, _, child = name.rpartition(".")
@@ -153,8 +159,8 @@ def list_stages(model: nn.Module, *, in_chans: int, image_size: int = 224) -> li
     Uses ``model.feature_info`` (timm's list of ``{"module", "num_chs", "reduction"}``) when present; otherwise
     traces the candidates with torchvision's feature extraction on one ``image_size`` input.
     """
-    info = getattr(model, "feature_info", None)
-    if isinstance(info, Sequence) and info and isinstance(info[0], dict):
+    info = _feature_info(model)
+    if info is not None:
         return [Stage(entry["module"], int(entry["num_chs"]), int(entry["reduction"])) for entry in info]
     groups = _trunk_groups(model)
     names = [name for top, children in groups for name in children or [top]]
@@ -177,6 +183,14 @@ def list_stages(model: nn.Module, *, in_chans: int, image_size: int = 224) -> li
             if stride is not None:  # in forward order, so the last module at a stride wins
                 by_reduction[stride] = Stage(name, maps[name].shape[1], stride)
     return list(by_reduction.values())
+
+
+def _feature_info(model: nn.Module) -> list[dict[str, Any]] | None:
+    """The model's stage list in timm's format (``{"module", "num_chs", "reduction"}`` per stage), if it has one."""
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, Sequence) and info and all(isinstance(entry, dict) for entry in info):
+        return list(info)
+    return None
 
 
 def _trunk_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
@@ -213,6 +227,17 @@ def probe_sample(model: nn.Module, *, in_chans: int, image_size: int) -> torch.T
     return sample if parameter is None else sample.to(parameter.device, parameter.dtype)
 
 
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """Runs the block in eval mode without autograd, then restores the module's mode (its ``train()`` override too)."""
+    was_training = module.training
+    try:
+        with torch.no_grad():
+            yield module.eval()
+    finally:
+        module.train(was_training)
+
+
 def probe_features(model: nn.Module, names: Sequence[str], sample: torch.Tensor) -> dict[str, torch.Tensor]:
     """Outputs of the named modules for ``sample`` (from :func:`probe_sample`), computed in eval mode.
 
@@ -223,21 +248,18 @@ def probe_features(model: nn.Module, names: Sequence[str], sample: torch.Tensor)
         SpecError: For a name that is not a module of ``model``, listing its stages.
     """
     check_modules(model, names, in_chans=sample.shape[1], image_size=sample.shape[-1])
-    was_training = model.training
-    try:
+    with evaluating(model):
         try:
-            extractor = create_feature_extractor(model.eval(), return_nodes=list(names), tracer_kwargs=tracer_options())
+            extractor = create_feature_extractor(model, return_nodes=list(names), tracer_kwargs=tracer_options())
         except (ValueError, TypeError, RuntimeError, torch.fx.proxy.TraceError) as error:
             raise SpecError(f"cannot trace {type(model).__name__} to {list(names)}: {error}") from None
-        with torch.no_grad():
+        try:
             outputs = extractor(sample)
-    except (RuntimeError, ValueError) as error:
-        raise SpecError(
-            f"{type(model).__name__} fails on a {tuple(sample.shape)} probe input ({str(error).splitlines()[0]}); "
-            "a larger image_size may fit"
-        ) from None
-    finally:
-        model.train(was_training)
+        except (RuntimeError, ValueError) as error:
+            raise SpecError(
+                f"{type(model).__name__} fails on a {tuple(sample.shape)} probe input "
+                f"({str(error).splitlines()[0]}); a larger image_size may fit"
+            ) from None
     return {name: outputs[name] for name in names}
 
 
@@ -268,7 +290,7 @@ def used_module_names(model: nn.Module, stage: str) -> set[str]:
 
 def stage_listing(model: nn.Module, in_chans: int, image_size: int) -> str:
     """The stages as "stages: layer1 (64 ch, /4), ..." for error messages."""
-    if getattr(model, "feature_info", None) is None and not _trunk_groups(model):
+    if _feature_info(model) is None and not _trunk_groups(model):
         return "it has no stages"
     stages = list_stages(model, in_chans=in_chans, image_size=image_size)
     return "stages: " + ", ".join(f"{stage.name} ({stage.channels} ch, /{stage.reduction})" for stage in stages)
@@ -284,8 +306,8 @@ def forward_until(model: nn.Module, stage: str, x: torch.Tensor) -> torch.Tensor
         - Input: (B, in_chans, H, W).
         - Output: the stage's map, e.g. (B, C, H / reduction, W / reduction).
     """
-    info = getattr(model, "feature_info", None)
-    if hasattr(model, "forward_intermediates") and isinstance(info, Sequence):
+    info = _feature_info(model)
+    if hasattr(model, "forward_intermediates") and info is not None:
         modules = [entry["module"] for entry in info]
         if stage in modules:
             outputs = cast(Any, model).forward_intermediates(

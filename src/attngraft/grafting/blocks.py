@@ -8,6 +8,7 @@ import torch
 
 from attngraft.blocks import Block, create_block
 from attngraft.errors import SpecError, UnknownNameError
+from attngraft.grafting.backbone import evaluating
 
 
 def describe_map(features: torch.Tensor) -> str:
@@ -35,14 +36,11 @@ def build_block(where: str, name: str, features: torch.Tensor, *, check: bool = 
 
 
 def _check_fits(where: str, block: Block, features: torch.Tensor) -> None:
-    was_training = block.training
     try:
-        with torch.no_grad():
-            output = block.eval()(features)
+        with evaluating(block):
+            output = block(features)
     except (ValueError, RuntimeError) as error:
         raise SpecError(f"{where}: the block does not fit this map: {error}") from None
-    finally:
-        block.train(was_training)
     if output.shape != features.shape:
         raise SpecError(
             f"{where}: the block turns {tuple(features.shape)} into {tuple(output.shape)}; it must keep the shape"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from attngraft.errors import SpecError
+from attngraft.grafting.backbone import within
 from attngraft.grafting.model import GraftedModel
 
 FREEZE_MODES = ("backbone", "none", "stages:<names>")
@@ -39,17 +40,13 @@ def parse_freeze(freeze: str, model: GraftedModel) -> tuple[str, ...] | None:
     return names
 
 
-def _inside(name: str, prefixes: tuple[str, ...]) -> bool:
-    return any(prefix == "" or name == prefix or name.startswith(f"{prefix}.") for prefix in prefixes)
-
-
 def apply_freeze(model: GraftedModel, freeze: str) -> None:
     """Sets ``requires_grad`` from ``freeze``; records the frozen BatchNorm layers for :meth:`GraftedModel.train`."""
     frozen_prefixes = parse_freeze(freeze, model)
     new = tuple(model.new_modules)
 
     def is_frozen(name: str) -> bool:
-        return frozen_prefixes is not None and _inside(name, frozen_prefixes) and not _inside(name, new)
+        return frozen_prefixes is not None and within(name, frozen_prefixes) and not within(name, new)
 
     if frozen_prefixes is not None:
         for name, parameter in model.backbone.named_parameters():

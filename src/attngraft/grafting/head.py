@@ -14,7 +14,7 @@ import torch
 
 from attngraft.blocks import BLOCKS, list_blocks
 from attngraft.errors import SpecError
-from attngraft.grafting.backbone import forward_until, set_submodule, used_module_names
+from attngraft.grafting.backbone import evaluating, forward_until, set_submodule, used_module_names, within
 from attngraft.grafting.blocks import describe_map
 from attngraft.grafting.model import GraftedModel, GraftRecord
 from attngraft.models.vit import VisionTransformer
@@ -82,14 +82,11 @@ def attach_head(
 
 def _truncation_matches(model: GraftedModel, stage: str, sample: torch.Tensor, features: torch.Tensor) -> bool:
     """Whether stopping the forward at ``stage`` gives what the traced full forward gives there."""
-    was_training = model.backbone.training
     try:
-        with torch.no_grad():
-            truncated = forward_until(model.backbone.eval(), stage, sample)
+        with evaluating(model.backbone) as backbone:
+            truncated = forward_until(backbone, stage, sample)
     except Exception:  # any failure means the truncated forward is not usable (e.g. auxiliary heads run)
         return False
-    finally:
-        model.backbone.train(was_training)
     return truncated.shape == features.shape and torch.allclose(truncated, features, rtol=1e-4, atol=1e-5)
 
 
@@ -120,9 +117,7 @@ def _drop_unused(model: GraftedModel, stage: str, sample: torch.Tensor, features
         return
     model.dropped.extend(dropped)
     # A re-initialised classifier that is now dropped no longer needs to stay trainable.
-    model.new_modules = [
-        name for name in model.new_modules if not any(name == d or name.startswith(f"{d}.") for d in dropped)
-    ]
+    model.new_modules = [name for name in model.new_modules if not within(name, dropped)]
     if dropped:
         count = sum(parameter.numel() for name in dropped for parameter in model.removed[name].parameters())
         model.notes.append(

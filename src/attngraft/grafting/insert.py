@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from typing_extensions import override
 
 from attngraft.blocks import BLOCKS, Block, ResidualGate, list_blocks
 from attngraft.errors import SpecError
@@ -27,12 +26,8 @@ class InsertedBlock(ResidualGate):
     """
 
     def __init__(self, block: Block, location: str) -> None:
-        super().__init__(block, block.dim, channel_axis=1)
+        super().__init__(block, block.dim, channel_axis=-3)
         self.location = location
-
-    @override
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.gate.view(1, -1, 1, 1) * self.block(x)  # no shape arithmetic, so torch.fx can trace it
 
     def hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         """Forward hook on the module at ``location``: replaces its output. A bound method, so deepcopy works."""

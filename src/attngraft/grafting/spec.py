@@ -33,6 +33,7 @@ from attngraft.grafting.backbone import (
     classifier_name,
     create_backbone,
     default_image_size,
+    evaluating,
     first_conv_name,
     probe_features,
     probe_sample,
@@ -177,7 +178,7 @@ def _load_backbone_weights(
         stem=first_conv_name(backbone),
         classifier=classifier_name(backbone),
     )
-    return [f"backbone weights: {path}", *report.notes()], bool(report.reset)
+    return [f"backbone weights: {path}", *report.notes], bool(report.reset_keys)
 
 
 def _classifier_outputs(model: GraftedModel) -> int:
@@ -252,18 +253,15 @@ def apply_grafts(
 
 def _check_runs(model: GraftedModel, sample: torch.Tensor) -> None:
     """One forward of the grafted model on the probe input, so a misfit shows now rather than in training."""
-    was_training = model.training
     try:
-        with torch.no_grad():
-            model.eval()(sample)
+        with evaluating(model):
+            model(sample)
     except (RuntimeError, ValueError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SpecError(
             f"the grafted {model.name} fails on a {tuple(sample.shape)} input (image_size {model.image_size}): "
             f"{first_line}"
         ) from None
-    finally:
-        model.train(was_training)
 
 
 def _options(entry: Mapping[str, Any], mode: str) -> dict[str, Any]:

@@ -99,12 +99,8 @@ class LoadReport:
     """What loading changed beyond copying tensors: adapted stem, classifier left at its fresh initialisation."""
 
     source: str
-    adapted: list[str] = field(default_factory=list)
-    reset: list[str] = field(default_factory=list)
-
-    def notes(self) -> list[str]:
-        """Human-readable lines for the summary."""
-        return [*self.adapted, *self.reset]
+    notes: list[str] = field(default_factory=list)  # human-readable lines for the summary
+    reset_keys: list[str] = field(default_factory=list)  # classifier keys left at their fresh initialisation
 
 
 def load_weights(
@@ -138,23 +134,23 @@ def load_weights(
         elif key == f"{stem}.weight" and _adaptable(value, target):
             adapted[key] = adapt_input_conv(target.shape[1], value)
             method = "summing" if target.shape[1] == 1 else "repeating and rescaling"
-            report.adapted.append(
+            report.notes.append(
                 f"{key} adapted from {value.shape[1]} to {target.shape[1]} input channels "
                 f"by {method} the pretrained filters"
             )
         elif classifier is not None and key.startswith(f"{classifier}."):
-            report.reset.append(
+            report.reset_keys.append(key)
+            report.notes.append(
                 f"{key} left untrained: {tuple(target.shape)} here, {tuple(value.shape)} in the weights"
             )
         else:
             mismatched.append(f"{key}: {tuple(value.shape)} in the weights, {tuple(target.shape)} in the model")
-    reset_keys = {line.split(" ", 1)[0] for line in report.reset}
-    missing = sorted(set(expected) - set(adapted) - reset_keys - _optional_keys(expected))
+    missing = sorted(set(expected) - set(adapted) - set(report.reset_keys) - _optional_keys(expected))
     unexpected = sorted(set(adapted) - set(expected))
     if mismatched or missing or unexpected:
         raise WeightsError(_mismatch_message(source, mismatched, missing, unexpected))
     model.load_state_dict(adapted, strict=False)
-    for line in report.notes():
+    for line in report.notes:
         logger.info("%s: %s", source, line)
     return report
 
