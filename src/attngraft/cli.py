@@ -10,6 +10,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from typing_extensions import override
+
 from attngraft import __version__
 from attngraft.errors import AttngraftError, UnknownNameError
 
@@ -123,11 +125,52 @@ def build_parser() -> argparse.ArgumentParser:
     graft_info.add_argument("spec", help="YAML graft spec (see configs/grafts/)")
     graft_info.add_argument("--download", action="store_true", help="allow downloading imagenet weights")
     graft_info.set_defaults(handler=_run_graft_info)
+
+    for command, purpose in (
+        ("fit", "train a recipe (LightningCLI: --config RECIPE.yaml, --trainer.max_epochs N, ...)"),
+        ("validate", "evaluate a checkpoint on the validation split (--ckpt_path)"),
+        ("test", "evaluate a checkpoint on the test split (--ckpt_path)"),
+        ("predict", "class probabilities for the test split (--ckpt_path)"),
+        ("lr-find", "sweep the learning rate; save the plot; print the steepest-descent rate"),
+    ):
+        commands.add_parser(command, help=purpose, add_help=False)
     return parser
+
+
+TRAIN_COMMANDS = ("fit", "validate", "test", "predict", "lr-find")
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record (it may be replaced, e.g. by pytest)."""
+
+    @override
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _run_training(command: str, args: Sequence[str]) -> int:
+    """``fit|validate|test|predict|lr-find``: LightningCLI parses the rest (``--config``, ``--trainer.*``)."""
+    package_logger = logging.getLogger("attngraft")
+    if not any(isinstance(handler, _StderrHandler) for handler in package_logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    from attngraft.train.cli import run_lightning
+
+    try:
+        return run_lightning(command, args)
+    except AttngraftError as error:
+        print(f"attngraft {command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``attngraft`` command; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TRAIN_COMMANDS:
+        return _run_training(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")

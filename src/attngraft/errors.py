@@ -34,3 +34,11 @@ class WeightsError(AttngraftError, ValueError):
 
 class WeightsNotFoundError(AttngraftError, FileNotFoundError):
     """Weights that are neither at the given path nor in any local cache (and downloading is off)."""
+
+
+class ConfigError(AttngraftError, ValueError):
+    """A training configuration value that is invalid; the message names its key (e.g. ``model.lr``)."""
+
+
+class TrainingError(AttngraftError, RuntimeError):
+    """Training that cannot go on, e.g. a non-finite loss; the message says where and what was kept."""

@@ -18,7 +18,7 @@ def test_every_example_spec_builds_and_runs(path: Path) -> None:
     model = build(path).eval()
     size = model.image_size
     with torch.no_grad():
-        logits = model(torch.randn(1, spec["in_chans"], size, size))
+        logits = model(torch.randn(1, spec["in_chans"] or 3, size, size))
     assert logits.shape == (1, spec["num_classes"])
     summary = summarize(model)
     assert summary.trainable == sum(row.params for row in summary.grafts)

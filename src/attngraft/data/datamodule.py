@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import RandomSampler
 
 from attngraft.data.datasets import get_dataset_spec, load_split, locate_dataset
 from attngraft.data.splits import TransformedSubset, split_indices
 from attngraft.data.transforms import build_transform
+from attngraft.errors import ConfigError
+
+# torchdata 0.11 calls a torch API that torch 2.14 deprecates, once per loader iteration; nothing for users to fix.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
 def default_num_workers() -> int:
@@ -33,6 +40,7 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: Images per batch.
         num_workers: Loader processes; default one per core (at most 4).
         val_size: Images held out of the official train set (or a fraction); default the dataset's.
+        train_size: Train on only this many of the remaining images (quick runs, tests); default all.
         split_seed: Seed of the train/val split (independent of the training seed).
         image_size: Resize images to this square side (e.g. 224 for ImageNet backbones).
         channels: Replicate grey images to this many channels (3 for RGB backbones).
@@ -49,6 +57,7 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: int = 128,
         num_workers: int | None = None,
         val_size: int | float | None = None,
+        train_size: int | None = None,
         split_seed: int = 0,
         image_size: int | None = None,
         channels: int | None = None,
@@ -57,14 +66,18 @@ class ImageDataModule(L.LightningDataModule):
         train_augment: Sequence[torch.nn.Module] = (),
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(val_size, float) and val_size.is_integer() and val_size >= 1:
+            val_size = int(val_size)  # a count written as a float (YAML or a command line)
+        _check_config(batch_size, num_workers, val_size, train_size)
         self.spec = get_dataset_spec(dataset)
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.val_size = self.spec.val_size if val_size is None else val_size
+        self.train_size = train_size
         self.split_seed = split_seed
+        self.channels = channels
+        self.train_augment = tuple(train_augment)
         self.download = download
         transform = partial(
             build_transform,
@@ -76,7 +89,8 @@ class ImageDataModule(L.LightningDataModule):
         )
         self.train_transform = transform(augment=train_augment)
         self.eval_transform = transform()
-        self.splits: dict[str, TransformedSubset] = {}
+        # Split name → dataset of (input, label); a feature cache may swap in precomputed backbone features.
+        self.splits: dict[str, Dataset[tuple[torch.Tensor, int]]] = {}
         self.classes: list[str] = []
 
     def prepare_data(self) -> None:
@@ -88,6 +102,7 @@ class ImageDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate") and "train" not in self.splits:
             official_train = load_split(self.spec.name, train=True, data_dir=self.data_dir)
             train_indices, val_indices = split_indices(len(official_train), self.val_size, self.split_seed)  # type: ignore[arg-type]
+            train_indices = train_indices[: self.train_size]
             self.splits["train"] = TransformedSubset(official_train, train_indices, self.train_transform)
             self.splits["val"] = TransformedSubset(official_train, val_indices, self.eval_transform)
             self.classes = list(official_train.classes)  # type: ignore[attr-defined]
@@ -101,16 +116,30 @@ class ImageDataModule(L.LightningDataModule):
         """Number of classes (known after :meth:`setup` for image folders)."""
         return self.spec.num_classes if self.spec.num_classes is not None else len(self.classes)
 
+    @property
+    def num_channels(self) -> int:
+        """Channels of the images the loaders give (after any replication)."""
+        return self.channels if self.channels is not None else len(self.spec.mean)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader[tuple[torch.Tensor, int]]:
+        """A resumable loader: Lightning stores its position (and shuffle state) in mid-epoch checkpoints.
+
+        Generators of its own, seeded from the global seed, draw the shuffles and worker seeds, so iterating never
+        moves the global random state that dropout and MixUp use; the sampler's generator is part of the loader's
+        state, so a resumed run shuffles as the original did.
+        """
         if split not in self.splits:
             raise RuntimeError(f"split {split!r} is not set up; call setup() first")
-        return DataLoader(
-            self.splits[split],
+        dataset = self.splits[split]
+        seed = torch.initial_seed()  # the global seed (seed_everything), not the global generator's state
+        return StatefulDataLoader(
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
@@ -128,3 +157,23 @@ class ImageDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
         """The test set, for ``predict``."""
         return self._loader("test", shuffle=False)
+
+
+def _check_config(
+    batch_size: int, num_workers: int | None, val_size: int | float | None, train_size: int | None
+) -> None:
+    """Rejects invalid values before any data is read, naming the config key."""
+    checks = [
+        ("batch_size", batch_size, batch_size >= 1, "a positive integer"),
+        ("num_workers", num_workers, num_workers is None or num_workers >= 0, ">= 0 or null"),
+        ("train_size", train_size, train_size is None or train_size >= 1, "a positive integer or null"),
+        (
+            "val_size",
+            val_size,
+            val_size is None or (val_size >= 0 if isinstance(val_size, int) else 0 < val_size < 1),
+            "a count >= 0, a fraction in (0, 1), or null",
+        ),
+    ]
+    for key, value, valid, expected in checks:
+        if not valid:
+            raise ConfigError(f"data.{key}: expected {expected}, got {value!r}")

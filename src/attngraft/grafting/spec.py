@@ -89,7 +89,7 @@ def check_spec(spec: object) -> dict[str, Any]:
     checked = {
         "backbone": spec["backbone"],
         "weights": None if weights is None else str(weights),
-        "in_chans": _positive_int(spec, "in_chans", 3),
+        "in_chans": _positive_int(spec, "in_chans", None),  # None: 3, unless a caller (training) knows better
         "num_classes": _positive_int(spec, "num_classes", None),
         "image_size": _positive_int(spec, "image_size", None),
         "download": _boolean(spec, "download"),
@@ -149,7 +149,7 @@ def build(spec: Mapping[str, Any] | str | Path) -> GraftedModel:
         UnknownNameError: For an unknown backbone or block.
     """
     checked = load_spec(spec) if isinstance(spec, str | Path) else check_spec(spec)
-    name, in_chans = checked["backbone"], checked["in_chans"]
+    name, in_chans = checked["backbone"], checked["in_chans"] or 3
     backbone = create_backbone(name, num_classes=checked["num_classes"], in_chans=in_chans)
     notes, classifier_is_new = _load_backbone_weights(backbone, name, checked["weights"], checked["download"])
     image_size = checked["image_size"] or default_image_size(name)

@@ -1,0 +1,20 @@
+"""Training with Lightning: the LightningModule, optimisation, frozen-feature caching and the CLI glue.
+
+Heavy imports (Lightning's CLI) stay in :mod:`attngraft.train.cli`; import it only to run commands.
+"""
+
+from attngraft.train.cache import FeatureCache, FeatureDataset
+from attngraft.train.callbacks import RandomState
+from attngraft.train.module import ImageClassifier
+from attngraft.train.network import build_network
+from attngraft.train.optim import OptimizerConfig, parameter_groups
+
+__all__ = [
+    "FeatureCache",
+    "FeatureDataset",
+    "ImageClassifier",
+    "OptimizerConfig",
+    "RandomState",
+    "build_network",
+    "parameter_groups",
+]

@@ -1,0 +1,163 @@
+"""LightningCLI glue: ``attngraft fit|validate|test|predict --config RECIPE.yaml`` and ``attngraft lr-find``.
+
+Always on (configurable under their keys): ``checkpoint`` (ModelCheckpoint on ``val_acc``, also ``last``),
+``step_checkpoint`` (``last`` every N steps; off until ``--step_checkpoint.every_n_train_steps N``),
+``lr_monitor`` (LearningRateMonitor) and ``feature_cache`` (FeatureCache, "auto"); the random state goes into every
+checkpoint. Runs log to TensorBoard and CSV under ``runs/<run_name>/version_<n>/``, beside the resolved
+``config.yaml``. Anything else (SWA, early stopping, gradient accumulation, other loggers) is added under
+``trainer.callbacks``/``trainer.logger`` in the recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.tuner.tuning import Tuner
+from typing_extensions import override
+
+from attngraft._io import atomic_path
+from attngraft.data.datamodule import ImageDataModule
+from attngraft.errors import ConfigError
+from attngraft.train.cache import FeatureCache
+from attngraft.train.callbacks import RandomState
+from attngraft.train.module import ImageClassifier
+
+logger = logging.getLogger(__name__)
+RUNS_DIR = "runs"
+TRAIN_COMMANDS = ("fit", "validate", "test", "predict", "lr-find")
+
+
+class AttngraftCLI(LightningCLI):
+    """LightningCLI over :class:`ImageClassifier` and :class:`ImageDataModule` with attngraft's defaults."""
+
+    def __init__(self, args: Sequence[str] | None = None, *, run: bool = True) -> None:
+        if args is not None and list(args) == sys.argv[1:]:
+            args = None  # the process's own command line: LightningCLI reads sys.argv (and warns if given both)
+        super().__init__(
+            ImageClassifier,
+            ImageDataModule,
+            trainer_defaults={"default_root_dir": RUNS_DIR, "callbacks": [RandomState()]},
+            save_config_kwargs={"overwrite": True},
+            args=list(args) if args is not None else None,
+            run=run,
+            auto_configure_optimizers=False,
+            parser_kwargs={"allow_abbrev": False},  # --trainer.max_epoch must not silently mean max_epochs
+        )
+
+    @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run_name", type=str | None, default=None, help="run directory name (default: recipe)")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val_acc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch}-{val_acc:.4f}",
+            }
+        )
+        # Mid-epoch "last" checkpoints for long epochs (--step_checkpoint.every_n_train_steps N). The checkpoint
+        # above monitors val_acc, so Lightning defers its step-triggered saves to the next validation.
+        parser.add_lightning_class_args(ModelCheckpoint, "step_checkpoint")
+        parser.set_defaults(
+            {
+                "step_checkpoint.monitor": None,
+                "step_checkpoint.save_top_k": 0,
+                "step_checkpoint.save_last": True,
+                "step_checkpoint.every_n_train_steps": 0,
+                "step_checkpoint.every_n_epochs": 0,
+            }
+        )
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(FeatureCache, "feature_cache")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.num_channels", "model.in_chans", apply_on="instantiate")
+
+    @override
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        if config.get("logger") in (None, True):
+            settings = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+            resume = self.subcommand == "fit" and settings.get("ckpt_path") == "last"
+            config["logger"] = default_loggers(config.get("default_root_dir") or RUNS_DIR, _run_name(settings), resume)
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def _run_name(settings: Any) -> str:
+    """``--run_name``, else the first recipe's file name, else "default"."""
+    if settings.get("run_name"):
+        return str(settings["run_name"])
+    recipes = settings.get("config") or []
+    return Path(str(recipes[0])).stem if recipes else "default"
+
+
+def default_loggers(root: str, name: str, resume: bool = False) -> list[Any]:
+    """TensorBoard and CSV loggers writing into one ``root/name/version_<n>`` directory.
+
+    A new run takes the next version; a resumed one (``--ckpt_path last``) the latest, so that ``last`` is found
+    among its checkpoints and its logs continue.
+    """
+    versions = [
+        int(path.name.removeprefix("version_"))
+        for path in (Path(root) / name).glob("version_*")
+        if path.name.removeprefix("version_").isdigit()
+    ]
+    version = max(versions) if resume and versions else None
+    tensorboard = TensorBoardLogger(root, name=name, version=version, default_hp_metric=False)
+    return [tensorboard, CSVLogger(root, name=name, version=tensorboard.version)]
+
+
+def run_lightning(command: str, args: Sequence[str]) -> int:
+    """Runs a training command: LightningCLI's ``fit|validate|test|predict``, or the LR finder."""
+    if command == "lr-find":
+        return lr_find(args)
+    AttngraftCLI([command, *args])
+    return 0
+
+
+def lr_find(args: Sequence[str]) -> int:
+    """Sweeps the learning rate exponentially, saves the loss-vs-LR plot, prints the steepest-descent rate.
+
+    Lightning's suggestion is the rate where the smoothed loss falls fastest, not where it is lowest (by then the
+    rate is usually too high). The plot and a one-line ``lr_find.txt`` go into the run directory.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    sweep = argparse.ArgumentParser(prog="attngraft lr-find", add_help=False)
+    sweep.add_argument("--min_lr", type=float, default=1e-6)
+    sweep.add_argument("--max_lr", type=float, default=1.0)
+    sweep.add_argument("--num_training", type=int, default=100, help="steps of the sweep")
+    options, rest = sweep.parse_known_args(list(args))
+    if not 0 < options.min_lr < options.max_lr or options.num_training < 2:
+        raise ConfigError("lr-find needs 0 < --min_lr < --max_lr and --num_training >= 2")
+    cli = AttngraftCLI(rest, run=False)
+    trainer, model = cli.trainer, cli.model
+    result = Tuner(trainer).lr_find(
+        model,
+        datamodule=cli.datamodule,
+        min_lr=options.min_lr,
+        max_lr=options.max_lr,
+        num_training=options.num_training,
+        update_attr=False,
+    )
+    if result is None:
+        raise ConfigError("the LR finder did not run (fast_dev_run?)")
+    suggestion = result.suggestion()
+    directory = Path(trainer.log_dir or RUNS_DIR)
+    figure = result.plot(suggest=True)
+    with atomic_path(directory / "lr_find.png") as temporary:
+        figure.savefig(temporary, format="png", dpi=120)  # type: ignore[union-attr]
+    with atomic_path(directory / "lr_find.txt") as temporary:
+        temporary.write_text(f"suggested_lr {suggestion}\n")
+    print(f"suggested lr (steepest descent): {suggestion:.3g}" if suggestion else "no suggestion (loss did not fall)")
+    print(f"plot: {directory / 'lr_find.png'}")
+    return 0

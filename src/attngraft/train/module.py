@@ -1,0 +1,338 @@
+"""The LightningModule: any network (zoo, graft spec, torchvision/timm) trained as an image classifier.
+
+One ``_step(batch, stage)`` serves training, validation and test. Training adds MixUp/CutMix, label smoothing and
+DeiT distillation; evaluation logs loss and top-1/top-5 accuracy (torchmetrics, reduced across processes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+from torchvision.transforms import v2
+from typing_extensions import override
+
+from attngraft.errors import ConfigError, TrainingError
+from attngraft.grafting import GraftedModel
+from attngraft.grafting.backbone import first_conv_name, forward_until
+from attngraft.grafting.weights import load_weights, read_state_dict
+from attngraft.train.network import NetworkConfig, build_network
+from attngraft.train.optim import (
+    OPTIMIZERS,
+    SCHEDULES,
+    OptimizerConfig,
+    create_optimizer,
+    create_schedule,
+    parameter_groups,
+    set_schedule_length,
+)
+
+logger = logging.getLogger(__name__)
+DISTILLATION = ("hard", "soft")
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class ImageClassifier(L.LightningModule):
+    """Trains ``network`` to classify images.
+
+    Args:
+        network: What to train: a zoo name (``resnet18``), ``torchvision/<name>``/``timm/<name>``, a zoo mapping
+            (``{name: vit, img_size: 28, patch_size: 4}``), a graft spec mapping, or a graft spec YAML path.
+        num_classes: Classes (linked from the data module by the CLI).
+        in_chans: Image channels (linked from the data module by the CLI).
+        backbone_weights: Weights file for a graft spec's backbone, replacing the spec's ``weights``.
+        optimizer: "adamw" or "sgd".
+        lr: Peak learning rate (of the grafted parameters, for a grafted model).
+        backbone_lr: Peak learning rate of trainable backbone parameters; None: ``lr``.
+        weight_decay: Decay of weight matrices; norms, biases, positions and tokens are not decayed.
+        momentum: SGD momentum (Nesterov).
+        schedule: "cosine" (with ``warmup_epochs`` of linear warmup), "onecycle" or "constant"; stepped per step.
+        warmup_epochs: Warmup of the cosine schedule, in epochs.
+        label_smoothing: Cross-entropy label smoothing.
+        mixup_alpha: MixUp's Beta(α, α); 0 turns it off.
+        cutmix_alpha: CutMix's Beta(α, α); 0 turns it off. With both on, each batch uses one of the two.
+        distillation: "hard" or "soft" DeiT distillation from ``teacher``; None turns it off.
+        teacher: The teacher network (same forms as ``network``).
+        teacher_weights: The teacher's weights: a checkpoint or weights file of an earlier run.
+        distill_alpha: Weight of the distillation loss (soft distillation; hard uses 1/2).
+        distill_temperature: Softmax temperature of soft distillation.
+        channels_last: Run convolutions in channels-last memory format.
+        compile: Compile the network with ``torch.compile``.
+    """
+
+    def __init__(
+        self,
+        network: NetworkConfig = "resnet18",
+        *,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        backbone_weights: str | None = None,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        backbone_lr: float | None = None,
+        weight_decay: float = 0.05,
+        momentum: float = 0.9,
+        schedule: str = "cosine",
+        warmup_epochs: float = 0.0,
+        label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        distillation: str | None = None,
+        teacher: NetworkConfig | None = None,
+        teacher_weights: str | None = None,
+        distill_alpha: float = 0.5,
+        distill_temperature: float = 1.0,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.optim = OptimizerConfig(optimizer, lr, backbone_lr, weight_decay, momentum, schedule, warmup_epochs)
+        _check_config(self.optim, label_smoothing, mixup_alpha, cutmix_alpha, distill_alpha, distill_temperature)
+        self.network = build_network(
+            network, num_classes=num_classes, in_chans=in_chans, backbone_weights=backbone_weights
+        )
+        self.teacher = _build_teacher(distillation, teacher, teacher_weights, num_classes, in_chans)
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.distillation = distillation
+        self.distill_alpha = distill_alpha
+        self.distill_temperature = distill_temperature
+        self.channels_last = channels_last
+        self.mix = _mixing(mixup_alpha, cutmix_alpha, num_classes)
+        self.cached = False  # True while batches hold backbone features (see attngraft.train.cache)
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_metrics": _accuracy(num_classes, stage) for stage in ("train", "val", "test")}
+        )
+        if self.teacher is not None and hasattr(self.network, "distilled_training"):
+            setattr(self.network, "distilled_training", True)  # noqa: B010  # DeiT: (class, distillation) logits in training
+        # A compiled forward function, not a module: the compiled wrapper must not add its own state-dict keys.
+        self._forward = torch.compile(self.network.forward) if compile else self.network.forward
+        if channels_last:
+            self.network.to(memory_format=torch.channels_last)
+
+    @override
+    def forward(self, x: torch.Tensor) -> Any:
+        """Logits for images ``x`` (B, C, H, W), or for backbone features while features are cached."""
+        if self.cached:
+            return self.tail(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._forward(x)
+
+    # --- frozen-feature caching -------------------------------------------------------------------------------
+
+    def feature_split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module] | str:
+        """The frozen part (images → features) and the trained tail (features → logits), or why there is none.
+
+        Features can be cached when the network is a grafted model with a head whose backbone part has no
+        trainable parameter, no graft inside it, and nothing that behaves randomly or updates statistics in
+        training mode; and when no MixUp/CutMix or teacher needs the images.
+        """
+        network = self.network
+        if not isinstance(network, GraftedModel) or network.head_stage is None:
+            return "the network has no head graft to train on cached backbone features"
+        if self.mix is not None or self.teacher is not None:
+            return "MixUp/CutMix or distillation need the images in every step"
+        if network.hooks or any(record.mode != "head" for record in network.records):
+            return "insert or replace grafts run inside the backbone"
+        if any(parameter.requires_grad for parameter in network.backbone.parameters()):
+            return "backbone parameters are trainable"
+        was_training = network.training
+        network.train()
+        moving = [
+            name for name, module in network.backbone.named_modules() if module.training and _is_stochastic(module)
+        ]
+        network.train(was_training)
+        if moving:
+            return f"backbone modules change in training mode: {', '.join(moving[:3])}"
+        backbone, stage = network.backbone, network.head_stage
+        return (lambda images: forward_until(backbone, stage, images)), network.grafts["head"]
+
+    @property
+    def tail(self) -> nn.Module:
+        """The trained part that runs on cached features."""
+        split = self.feature_split()
+        if isinstance(split, str):
+            raise RuntimeError(f"no feature split: {split}")
+        return split[1]
+
+    # --- steps --------------------------------------------------------------------------------------------------
+
+    @override
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        targets = labels
+        if self.mix is not None:
+            images, targets = self.mix(images, labels)  # targets: (B, num_classes) mixed one-hot
+        outputs = self(images)
+        loss = self._loss(outputs, targets, images)
+        if not torch.isfinite(loss):
+            raise TrainingError(self._non_finite_message(loss, batch_idx))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(labels))
+        if targets.ndim == 1:
+            self._log_accuracy("train", _class_logits(outputs), labels)
+        return loss
+
+    @override
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    @override
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    @override
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """Class probabilities (B, num_classes)."""
+        return _class_logits(self(batch[0])).softmax(dim=-1)
+
+    def _evaluate(self, batch: Batch, stage: str) -> None:
+        images, labels = batch
+        logits = _class_logits(self(images))
+        loss = F.cross_entropy(logits, labels)
+        self.log(f"{stage}_loss", loss, prog_bar=True, sync_dist=True, batch_size=len(labels))
+        self._log_accuracy(stage, logits, labels)
+
+    def _log_accuracy(self, stage: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        metrics = cast(MetricCollection, self.metrics[f"{stage}_metrics"])
+        metrics(logits, labels)
+        self.log_dict(metrics, prog_bar=stage != "train", on_step=False, on_epoch=True, batch_size=len(labels))
+
+    def _loss(self, outputs: Any, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        if self.teacher is None:
+            return F.cross_entropy(_class_logits(outputs), targets, label_smoothing=self.label_smoothing)
+        class_logits, distill_logits = outputs if isinstance(outputs, tuple) else (outputs, outputs)
+        with torch.no_grad():
+            teacher_logits = _class_logits(self.teacher(images))
+        base = F.cross_entropy(class_logits, targets, label_smoothing=self.label_smoothing)
+        if self.distillation == "hard":
+            return 0.5 * base + 0.5 * F.cross_entropy(distill_logits, teacher_logits.argmax(dim=-1))
+        temperature = self.distill_temperature
+        divergence = F.kl_div(
+            F.log_softmax(distill_logits / temperature, dim=-1),
+            F.log_softmax(teacher_logits / temperature, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        return (1 - self.distill_alpha) * base + self.distill_alpha * temperature**2 * divergence
+
+    def _non_finite_message(self, loss: torch.Tensor, batch_idx: int) -> str:
+        callback = getattr(self._trainer, "checkpoint_callback", None)
+        checkpoint = getattr(callback, "last_model_path", "") or "none saved yet"
+        return (
+            f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, batch "
+            f"{batch_idx}); stopped before updating the weights. Last good checkpoint: {checkpoint}. "
+            "Try a lower model.lr, gradient clipping (--trainer.gradient_clip_val 1.0) or fp32 precision."
+        )
+
+    # --- optimisation -------------------------------------------------------------------------------------------
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.eval()
+        if isinstance(self.network, GraftedModel):
+            self.network.train()  # re-applies eval mode to frozen norms after Lightning's train()
+
+    @override
+    def configure_optimizers(self) -> Any:
+        new = _new_prefixes(self.network)
+        groups = parameter_groups(self.network, self.optim, new)
+        if not groups:
+            raise ConfigError("model.network has no trainable parameter (is everything frozen?)")
+        optimizer = create_optimizer(groups, self.optim)
+        schedule = create_schedule(optimizer, self.optim)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    @override
+    def on_train_start(self) -> None:
+        """Gives the schedule the run's length, now that the loaders (and a resumed position) are set up."""
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        for config in self.trainer.lr_scheduler_configs:
+            set_schedule_length(config.scheduler, total_steps, max(1, total_steps // epochs))
+
+
+def _check_config(
+    optim: OptimizerConfig, label_smoothing: float, mixup: float, cutmix: float, alpha: float, temperature: float
+) -> None:
+    """Rejects invalid values before anything is built, naming the config key."""
+    checks = [
+        ("optimizer", optim.name, optim.name in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
+        ("schedule", optim.schedule, optim.schedule in SCHEDULES, f"one of {list(SCHEDULES)}"),
+        ("lr", optim.lr, optim.lr > 0, "a positive number"),
+        ("backbone_lr", optim.backbone_lr, optim.backbone_lr is None or optim.backbone_lr >= 0, ">= 0 or null"),
+        ("weight_decay", optim.weight_decay, optim.weight_decay >= 0, ">= 0"),
+        ("momentum", optim.momentum, 0 <= optim.momentum < 1, "in [0, 1)"),
+        ("warmup_epochs", optim.warmup_epochs, optim.warmup_epochs >= 0, ">= 0"),
+        ("label_smoothing", label_smoothing, 0 <= label_smoothing < 1, "in [0, 1)"),
+        ("mixup_alpha", mixup, mixup >= 0, ">= 0"),
+        ("cutmix_alpha", cutmix, cutmix >= 0, ">= 0"),
+        ("distill_alpha", alpha, 0 <= alpha <= 1, "in [0, 1]"),
+        ("distill_temperature", temperature, temperature > 0, "a positive number"),
+    ]
+    for key, value, valid, expected in checks:
+        if not valid:
+            raise ConfigError(f"model.{key}: expected {expected}, got {value!r}")
+
+
+def _build_teacher(
+    distillation: str | None, teacher: NetworkConfig | None, weights: str | None, num_classes: int, in_chans: int
+) -> nn.Module | None:
+    if distillation is None:
+        return None
+    if distillation not in DISTILLATION:
+        raise ConfigError(f"model.distillation: expected one of {list(DISTILLATION)} or null, got {distillation!r}")
+    if teacher is None or weights is None:
+        raise ConfigError("model.distillation needs model.teacher (a network) and model.teacher_weights (a file)")
+    network = build_network(teacher, num_classes=num_classes, in_chans=in_chans)
+    load_weights(network, read_state_dict(weights), source=weights, stem=first_conv_name(network), classifier=None)
+    network.requires_grad_(False)
+    return network.eval()
+
+
+def _mixing(mixup: float, cutmix: float, num_classes: int) -> Callable[..., Any] | None:
+    """Torchvision's batch MixUp/CutMix (one of the two per batch when both are on), or None."""
+    choices = [v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []
+    choices += [v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else []
+    if not choices:
+        return None
+    return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+
+
+def _accuracy(num_classes: int, stage: str) -> MetricCollection:
+    metrics: dict[str, Any] = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
+    if num_classes > 5:
+        metrics["acc5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics, prefix=f"{stage}_")
+
+
+def _class_logits(outputs: Any) -> torch.Tensor:
+    """The class logits of a network's output: DeiT's (class, distillation) pair averages to one."""
+    if isinstance(outputs, tuple):
+        return (outputs[0] + outputs[1]) / 2
+    return outputs
+
+
+def _new_prefixes(network: nn.Module) -> tuple[str, ...]:
+    """Name prefixes of grafted parameters (empty for a network that is all new)."""
+    if not isinstance(network, GraftedModel):
+        return ()
+    return ("grafts", *(f"backbone.{name}" for name in network.new_modules))
+
+
+def _is_stochastic(module: nn.Module) -> bool:
+    """Modules whose training-mode output is random or whose statistics move."""
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    if type(module).__name__ == "DropPath":
+        return float(getattr(module, "drop_prob", 1.0)) > 0
+    return isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats

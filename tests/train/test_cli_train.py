@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from attngraft.cli import main
+from attngraft.data.datamodule import ImageDataModule
+from attngraft.train import ImageClassifier
+from tests.train.conftest import REPO
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "attngraft.cli", *args]
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def _metrics(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def _final(run_dir: Path, key: str) -> float:
+    return float([row[key] for row in _metrics(run_dir) if row.get(key)][-1])
+
+
+def test_fit_writes_checkpoints_logs_and_the_resolved_config(
+    write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = write_recipe("baseline")
+    assert main(["fit", "--config", str(path), "--trainer.max_epochs", "1"]) == 0
+    run = tmp_path / "runs" / "baseline" / "version_0"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["trainer"]["max_epochs"] == 1  # the command-line override is in the saved config
+    assert saved["model"]["network"] == "mnist_cnn"
+    assert saved["checkpoint"]["monitor"] == "val_acc"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run / "checkpoints").glob("best-epoch=0-val_acc=*.ckpt"))) == 1
+    assert list(run.glob("events.out.tfevents.*"))
+    assert 0.3 < _final(run, "val_acc") <= 1.0  # 256 images, one epoch: well above chance (0.1)
+    assert {"lr-AdamW/new", "lr-AdamW/new_no_decay"} <= set(_metrics(run)[0])
+
+    last = str(run / "checkpoints" / "last.ckpt")
+    assert main(["test", "--config", str(path), "--ckpt_path", last]) == 0
+    assert main(["predict", "--config", str(path), "--ckpt_path", last, "--trainer.limit_predict_batches", "1"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--model.lr", "-0.1"], "model.lr: expected a positive number, got -0.1"),
+        (["--data.batch_size", "0"], "data.batch_size: expected a positive integer"),
+        (["--model.network", "resnet19"], "unknown model 'resnet19'"),
+    ],
+)
+def test_invalid_values_exit_2_naming_the_key(
+    write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, override: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--config", str(write_recipe()), *override]) == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert "Traceback" not in error
+    assert not (tmp_path / "runs" / "tiny" / "version_0" / "checkpoints").exists()  # nothing trained
+
+
+def test_unknown_and_mistyped_keys_are_rejected_by_the_parser(write_recipe, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(write_recipe()), "--trainer.max_epoch", "3"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(write_recipe()), "--model.lr", "fast"])
+    assert "model.lr" in capsys.readouterr().err
+
+
+def test_lr_find_saves_the_plot_and_suggests_a_rate(write_recipe, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = write_recipe("sweep")
+    assert main(["lr-find", "--config", str(path), "--num_training", "24", "--min_lr", "1e-5"]) == 0
+    run = tmp_path / "runs" / "sweep" / "version_0"
+    assert (run / "lr_find.png").stat().st_size > 1000
+    suggested = float((run / "lr_find.txt").read_text().split()[1])
+    assert 1e-5 <= suggested <= 1.0
+    assert "suggested lr (steepest descent)" in capsys.readouterr().out
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(write_recipe, tmp_path: Path) -> None:
+    """SIGKILL mid-epoch after a checkpoint at step 4; ``--ckpt_path last`` ends where an unbroken run ends."""
+    checkpoint = ["--step_checkpoint.every_n_train_steps", "2"]
+    path = write_recipe("resume", trainer={"max_epochs": 2})  # 8 steps per epoch
+    reference = _run("fit", "--config", str(path), "--run_name", "reference", *checkpoint, cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    killer = {"class_path": "tests.train.helpers.KillAtStep", "init_args": {"step": 5}}
+    killed = _run("fit", "--config", str(path), *checkpoint, f"--trainer.callbacks+={json.dumps(killer)}", cwd=tmp_path)
+    assert killed.returncode == -9, killed.stderr[-3000:]  # killed mid-epoch 0, after the step-4 checkpoint
+    run = tmp_path / "runs" / "resume" / "version_0"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+    resumed = _run("fit", "--config", str(path), *checkpoint, "--ckpt_path", "last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "not resumable" not in resumed.stderr
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    expected = torch.load(
+        tmp_path / "runs" / "reference" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True
+    )
+    assert final["global_step"] == expected["global_step"] == 16
+    for key, value in expected["state_dict"].items():
+        torch.testing.assert_close(final["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    assert _final(run, "val_acc") == _final(tmp_path / "runs" / "reference" / "version_0", "val_acc")
+    assert _final(run, "val_loss") == _final(tmp_path / "runs" / "reference" / "version_0", "val_loss")
+
+
+def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_reduces_metrics(
+    write_recipe, tmp_path: Path, fashion_mnist_dir: Path
+) -> None:
+    report = {"class_path": "tests.train.helpers.RankReport", "init_args": {"directory": str(tmp_path / "ranks")}}
+    path = write_recipe("ddp", trainer={"max_epochs": 1, "deterministic": False})
+    result = _run(
+        "fit",
+        "--config",
+        str(path),
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        f"--trainer.callbacks+={json.dumps(report)}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "ranks" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    assert ranks[0]["digest"] == ranks[1]["digest"]  # gradients were all-reduced: identical weights
+    assert ranks[0]["val_batches"] == [2]  # each rank saw half of the 128 validation images
+    assert ranks[0]["val_acc"] == ranks[1]["val_acc"]
+
+    # The logged accuracy is that of the whole validation set, not of one rank's half.
+    module = ImageClassifier.load_from_checkpoint(
+        tmp_path / "runs" / "ddp" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True
+    ).eval()
+    data = ImageDataModule(data_dir=fashion_mnist_dir, batch_size=128, train_size=256, val_size=128, num_workers=0)
+    data.setup("fit")
+    images, labels = next(iter(data.val_dataloader()))
+    with torch.no_grad():
+        accuracy = (module(images).argmax(dim=1) == labels).float().mean().item()
+    assert ranks[0]["val_acc"] == pytest.approx(accuracy, abs=1e-6)
