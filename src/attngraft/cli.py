@@ -169,8 +169,9 @@ def _run_training(command: str, args: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``attngraft`` command; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in TRAIN_COMMANDS:
-        return _run_training(argv[0], argv[1:])
+    command = next((index for index, word in enumerate(argv) if not word.startswith("-")), None)
+    if command is not None and argv[command] in TRAIN_COMMANDS and set(argv[:command]) <= {"-v", "--verbose"}:
+        return _run_training(argv[command], argv[command + 1 :])  # training always logs progress
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")

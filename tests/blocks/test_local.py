@@ -158,3 +158,15 @@ def test_compiled_kernels_match_eager() -> None:
     from_eager_all, from_compiled_all = (outputs_and_gradients(block, x) for block in (eager, compiled))
     for from_compiled, from_eager in zip(from_compiled_all, from_eager_all, strict=True):
         torch.testing.assert_close(from_compiled, from_eager, atol=1e-4, rtol=1e-4)  # Inductor uses fast-math
+
+
+def test_local_attention_trains_under_bf16_autocast() -> None:
+    """The custom backward runs outside autocast; bf16 activations and fp32 embeddings must still meet."""
+    block = create_block("local", 16, kernel_size=3, num_heads=2)
+    x = torch.randn(2, 16, 6, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x)
+    out.float().sum().backward()
+    assert x.grad is not None
+    assert torch.isfinite(x.grad).all()
+    assert all(parameter.grad is not None for parameter in block.parameters() if parameter.requires_grad)

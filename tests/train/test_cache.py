@@ -17,13 +17,16 @@ HEAD_SPEC = {
 }
 
 
-def _fit(data_dir: Path, cache: FeatureCache, network: object = HEAD_SPEC, **model: object) -> ImageClassifier:
+def _fit(
+    data_dir: Path, cache: FeatureCache, network: object = HEAD_SPEC, precision: str = "32-true", **model: object
+) -> ImageClassifier:
     L.seed_everything(0)
     module = ImageClassifier(network, num_classes=10, in_chans=1, lr=3e-3, **model)  # type: ignore[arg-type]
     data = ImageDataModule(data_dir=data_dir, batch_size=32, train_size=256, val_size=64, num_workers=0)
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=2,
+        precision=precision,  # type: ignore[arg-type]
         deterministic=True,
         logger=False,
         enable_checkpointing=False,
@@ -80,6 +83,16 @@ def test_auto_mode_explains_why_it_does_not_cache(
     _fit(fashion_mnist_dir, cache, network, **model)
     assert not cache.active
     assert reason in cache.reason
+
+
+def test_bf16_mixed_features_match_and_true_half_precision_is_refused(fashion_mnist_dir: Path) -> None:
+    cache = FeatureCache("memory")
+    cached = _fit(fashion_mnist_dir, cache, precision="bf16-mixed")
+    uncached = _fit(fashion_mnist_dir, FeatureCache("off"), precision="bf16-mixed")
+    assert cache.active
+    torch.testing.assert_close(_logits(cached), _logits(uncached), rtol=1e-3, atol=1e-3)
+    with pytest.raises(ConfigError, match="precision bf16-true"):
+        _fit(fashion_mnist_dir, FeatureCache("memory"), precision="bf16-true")
 
 
 def test_forced_cache_refuses_when_results_would_change(fashion_mnist_dir: Path) -> None:

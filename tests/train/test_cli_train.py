@@ -49,9 +49,20 @@ def test_fit_writes_checkpoints_logs_and_the_resolved_config(
     assert 0.3 < _final(run, "val_acc") <= 1.0  # 256 images, one epoch: well above chance (0.1)
     assert {"lr-AdamW/new", "lr-AdamW/new_no_decay"} <= set(_metrics(run)[0])
 
-    last = str(run / "checkpoints" / "last.ckpt")
-    assert main(["test", "--config", str(path), "--ckpt_path", last]) == 0
-    assert main(["predict", "--config", str(path), "--ckpt_path", last, "--trainer.limit_predict_batches", "1"]) == 0
+    assert main(["test", "--config", str(path), "--ckpt_path", "last"]) == 0  # the newest version's last.ckpt
+    tested = tmp_path / "runs" / "baseline" / "version_1"
+    assert _final(tested, "test_acc") == pytest.approx(_final(run, "val_acc"), abs=0.15)  # trained weights
+    assert main(["predict", "--config", str(path), "--ckpt_path", "last", "--trainer.limit_predict_batches", "2"]) == 0
+    predictions = list(csv.DictReader((tmp_path / "runs" / "baseline" / "version_2" / "predictions.csv").open()))
+    assert len(predictions) == 64
+    assert set(predictions[0]) >= {"index", "predicted", "probability", "p9"}
+    assert sum(float(predictions[0][f"p{label}"]) for label in range(10)) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_ckpt_path_last_without_a_checkpoint_is_an_error(write_recipe, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["test", "--config", str(write_recipe("never_trained")), "--ckpt_path", "last"]) == 2
+    assert "--ckpt_path last: no checkpoint under runs/never_trained" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -95,7 +106,7 @@ def test_lr_find_saves_the_plot_and_suggests_a_rate(write_recipe, tmp_path: Path
 
 def test_killed_run_resumes_to_the_uninterrupted_result(write_recipe, tmp_path: Path) -> None:
     """SIGKILL mid-epoch after a checkpoint at step 4; ``--ckpt_path last`` ends where an unbroken run ends."""
-    checkpoint = ["--step_checkpoint.every_n_train_steps", "2"]
+    checkpoint = ["--last_checkpoint.every_n_train_steps", "2"]
     path = write_recipe("resume", trainer={"max_epochs": 2})  # 8 steps per epoch
     reference = _run("fit", "--config", str(path), "--run_name", "reference", *checkpoint, cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr[-3000:]
@@ -104,6 +115,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(write_recipe, tmp_path: 
     killed = _run("fit", "--config", str(path), *checkpoint, f"--trainer.callbacks+={json.dumps(killer)}", cwd=tmp_path)
     assert killed.returncode == -9, killed.stderr[-3000:]  # killed mid-epoch 0, after the step-4 checkpoint
     run = tmp_path / "runs" / "resume" / "version_0"
+    assert [path.name for path in (run / "checkpoints").iterdir()] == ["last.ckpt"]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
 
     resumed = _run("fit", "--config", str(path), *checkpoint, "--ckpt_path", "last", cwd=tmp_path)

@@ -304,7 +304,11 @@ def local_attention(
         probabilities = logits(query, key, rel_rows, rel_cols, bias).softmax(2)  # (B, heads, k², H, W)
         record_windows(probe, probabilities, kernel_size)
         return aggregate(probabilities, value, kernel_size)
-    return _LocalAttention.apply(query, key, value, rel_rows, rel_cols, compiled)
+    # One dtype for everything saved for backward, which runs outside autocast: under bf16 autocast the projections
+    # come out in bf16 while the embeddings are fp32 parameters (their gradients come back through the cast).
+    dtype = query.dtype
+    tensors = (query, key.to(dtype), value.to(dtype), rel_rows.to(dtype), rel_cols.to(dtype))
+    return _LocalAttention.apply(*tensors, compiled)
 
 
 @register_block("local")

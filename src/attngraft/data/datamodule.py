@@ -131,11 +131,19 @@ class ImageDataModule(L.LightningDataModule):
         if split not in self.splits:
             raise RuntimeError(f"split {split!r} is not set up; call setup() first")
         dataset = self.splits[split]
-        seed = torch.initial_seed()  # the global seed (seed_everything), not the global generator's state
+        trainer = self.trainer
+        # The global seed (seed_everything), not the global generator's state; a loader rebuilt for a later epoch
+        # (reload_dataloaders_every_n_epochs) shuffles differently.
+        seed = torch.initial_seed() + (trainer.current_epoch if trainer is not None else 0)
+        # Under DDP, Lightning's DistributedSampler shuffles by (seed, epoch), which a resumed loader fast-forwards
+        # exactly; it would wrap a custom sampler instead, without saving the wrapper's position.
+        distributed = trainer is not None and trainer.world_size > 1
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle else None
         return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle else None,
+            shuffle=shuffle if distributed else None,
+            sampler=None if distributed else sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -71,6 +71,7 @@ class FeatureCache(L.Callback):
         self.directory = Path(directory) if directory is not None else cache_dir() / "features"
         self.batch_size = batch_size
         self._originals: dict[str, Dataset[Any]] = {}
+        self._num_workers: int | None = None
         self.active = False  # whether the last fit trained on cached features
         self.reason = ""  # why it did not, when it did not
 
@@ -94,6 +95,10 @@ class FeatureCache(L.Callback):
             dataset = datamodule.splits[split]
             self._originals[split] = dataset
             datamodule.splits[split] = self._features(trainer, pl_module, encoder, dataset, split)
+        # Features in memory need no loader processes: their start-up and copies would cost more than the head.
+        self._num_workers = getattr(datamodule, "num_workers", None)
+        if self._num_workers is not None:
+            datamodule.num_workers = 0
         assert isinstance(pl_module, ImageClassifier)
         pl_module.cached = self.active = True
         logger.info("feature cache on: training the head on cached backbone features")
@@ -109,6 +114,10 @@ class FeatureCache(L.Callback):
             return "the data module does not expose its train/val splits", None
         if getattr(datamodule, "train_augment", ()):
             return "training augmentation changes the backbone's input every epoch", None
+        precision = str(trainer.precision)
+        if precision != "32-true" and not precision.endswith("-mixed"):
+            # Lightning converts the module to this precision after setup, where the features are computed.
+            return f"precision {precision}: features are computed in 32-true or mixed precision only", None
         split = pl_module.feature_split()
         if isinstance(split, str):
             return split, None
@@ -119,7 +128,10 @@ class FeatureCache(L.Callback):
     ) -> FeatureDataset:
         if self.mode != "disk":
             return self._compute(trainer, pl_module, encoder, dataset)
-        path = self.directory / f"{_cache_key(pl_module, dataset, trainer.precision)}.safetensors"
+        path = (
+            self.directory
+            / f"{_cache_key(pl_module, dataset, str(trainer.precision), trainer.strategy.root_device.type)}.safetensors"
+        )
         if path.is_file():
             logger.info("feature cache: reading %s features from %s", split, path)
             stored = safetensors.torch.load_file(path)
@@ -152,8 +164,11 @@ class FeatureCache(L.Callback):
         return FeatureDataset(torch.cat(features), torch.cat(labels))  # (N, C, h, w), (N,)
 
     def _restore(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = _datamodule(trainer)
         for split, dataset in self._originals.items():
-            _datamodule(trainer).splits[split] = dataset
+            datamodule.splits[split] = dataset
+        if self._originals and self._num_workers is not None:
+            datamodule.num_workers = self._num_workers
         self._originals = {}
         if isinstance(pl_module, ImageClassifier):
             pl_module.cached = False
@@ -167,8 +182,8 @@ class FeatureCache(L.Callback):
         self._restore(trainer, pl_module)
 
 
-def _cache_key(pl_module: L.LightningModule, dataset: Dataset[Any], precision: str) -> str:
-    """Hash of what determines the features: backbone weights, data (source, indices, transform), precision."""
+def _cache_key(pl_module: L.LightningModule, dataset: Dataset[Any], precision: str, device: str) -> str:
+    """Hash of what determines the features: backbone weights and stage, data, precision, device type, torch."""
     digest = hashlib.sha256()
     assert isinstance(pl_module, ImageClassifier)
     for name, tensor in sorted(pl_module.network.state_dict().items()):
@@ -176,13 +191,19 @@ def _cache_key(pl_module: L.LightningModule, dataset: Dataset[Any], precision: s
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     source = getattr(dataset, "dataset", dataset)
+    network = pl_module.network
     description = [
+        str(getattr(network, "head_stage", "")),  # the same weights give other features at another stage
+        repr(getattr(network, "records", "")),
+        str(sorted(getattr(network, "dropped", []))),
+        torch.__version__,
         type(source).__name__,
         str(getattr(source, "root", "")),
         str(len(source)),  # type: ignore[arg-type]
         repr(getattr(dataset, "indices", None)),
         repr(getattr(dataset, "transform", None)),
         precision,
+        device,
     ]
     digest.update("\n".join(description).encode())
     return digest.hexdigest()[:32]

@@ -1,7 +1,7 @@
 """LightningCLI glue: ``attngraft fit|validate|test|predict --config RECIPE.yaml`` and ``attngraft lr-find``.
 
-Always on (configurable under their keys): ``checkpoint`` (ModelCheckpoint on ``val_acc``, also ``last``),
-``step_checkpoint`` (``last`` every N steps; off until ``--step_checkpoint.every_n_train_steps N``),
+Always on (configurable under their keys): ``checkpoint`` (ModelCheckpoint: best ``val_acc``),
+``last_checkpoint`` (``last.ckpt`` every epoch, or every N steps with ``--last_checkpoint.every_n_train_steps N``),
 ``lr_monitor`` (LearningRateMonitor) and ``feature_cache`` (FeatureCache, "auto"); the random state goes into every
 checkpoint. Runs log to TensorBoard and CSV under ``runs/<run_name>/version_<n>/``, beside the resolved
 ``config.yaml``. Anything else (SWA, early stopping, gradient accumulation, other loggers) is added under
@@ -28,7 +28,7 @@ from attngraft._io import atomic_path
 from attngraft.data.datamodule import ImageDataModule
 from attngraft.errors import ConfigError
 from attngraft.train.cache import FeatureCache
-from attngraft.train.callbacks import RandomState
+from attngraft.train.callbacks import AtomicCheckpointIO, PredictionWriter, RandomState
 from attngraft.train.module import ImageClassifier
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,11 @@ class AttngraftCLI(LightningCLI):
         super().__init__(
             ImageClassifier,
             ImageDataModule,
-            trainer_defaults={"default_root_dir": RUNS_DIR, "callbacks": [RandomState()]},
+            trainer_defaults={
+                "default_root_dir": RUNS_DIR,
+                "callbacks": [RandomState(), PredictionWriter()],
+                "plugins": [AtomicCheckpointIO()],
+            },
             save_config_kwargs={"overwrite": True},
             args=list(args) if args is not None else None,
             run=run,
@@ -56,25 +60,27 @@ class AttngraftCLI(LightningCLI):
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run_name", type=str | None, default=None, help="run directory name (default: recipe)")
+        # Best by val_acc. Lightning writes a monitored callback's "last" only when it also saves a best, so the
+        # latest state has its own callback below.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val_acc",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,
                 "checkpoint.filename": "best-{epoch}-{val_acc:.4f}",
             }
         )
-        # Mid-epoch "last" checkpoints for long epochs (--step_checkpoint.every_n_train_steps N). The checkpoint
-        # above monitors val_acc, so Lightning defers its step-triggered saves to the next validation.
-        parser.add_lightning_class_args(ModelCheckpoint, "step_checkpoint")
+        # The latest state, as last.ckpt: every epoch, or every N optimiser steps with
+        # --last_checkpoint.every_n_train_steps N (for long epochs: a kill then loses at most N steps).
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
-                "step_checkpoint.monitor": None,
-                "step_checkpoint.save_top_k": 0,
-                "step_checkpoint.save_last": True,
-                "step_checkpoint.every_n_train_steps": 0,
-                "step_checkpoint.every_n_epochs": 0,
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.save_last": False,
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.enable_version_counter": False,
             }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
@@ -83,12 +89,30 @@ class AttngraftCLI(LightningCLI):
         parser.link_arguments("data.num_channels", "model.in_chans", apply_on="instantiate")
 
     @override
+    def before_instantiate_classes(self) -> None:
+        """Resolves ``--ckpt_path last`` to the newest checkpoint of this run name, for every command."""
+        self._resumed_version: int | None = None
+        settings = self._settings()
+        if settings.get("ckpt_path") != "last":
+            return
+        root = Path(settings.get("trainer", {}).get("default_root_dir") or RUNS_DIR) / _run_name(settings)
+        checkpoint = latest_checkpoint(root)
+        if checkpoint is None:
+            raise ConfigError(f"--ckpt_path last: no checkpoint under {root}/version_*/checkpoints/")
+        settings["ckpt_path"] = str(checkpoint)
+        if self.subcommand == "fit":  # continue the run's directory: its logs and checkpoints
+            self._resumed_version = int(checkpoint.parent.parent.name.removeprefix("version_"))
+
+    @override
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if config.get("logger") in (None, True):
-            settings = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
-            resume = self.subcommand == "fit" and settings.get("ckpt_path") == "last"
-            config["logger"] = default_loggers(config.get("default_root_dir") or RUNS_DIR, _run_name(settings), resume)
+            root = config.get("default_root_dir") or RUNS_DIR
+            config["logger"] = default_loggers(root, _run_name(self._settings()), self._resumed_version)
         return super()._instantiate_trainer(config, callbacks)
+
+    def _settings(self) -> Any:
+        """The parsed settings of the running command."""
+        return self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
 
 
 def _run_name(settings: Any) -> str:
@@ -99,18 +123,18 @@ def _run_name(settings: Any) -> str:
     return Path(str(recipes[0])).stem if recipes else "default"
 
 
-def default_loggers(root: str, name: str, resume: bool = False) -> list[Any]:
-    """TensorBoard and CSV loggers writing into one ``root/name/version_<n>`` directory.
-
-    A new run takes the next version; a resumed one (``--ckpt_path last``) the latest, so that ``last`` is found
-    among its checkpoints and its logs continue.
-    """
-    versions = [
-        int(path.name.removeprefix("version_"))
-        for path in (Path(root) / name).glob("version_*")
-        if path.name.removeprefix("version_").isdigit()
+def latest_checkpoint(run_root: Path) -> Path | None:
+    """The most recently written ``last*.ckpt`` of any ``version_<n>`` under ``run_root``."""
+    candidates = [
+        path
+        for path in run_root.glob("version_*/checkpoints/last*.ckpt")
+        if path.parent.parent.name.removeprefix("version_").isdigit()
     ]
-    version = max(versions) if resume and versions else None
+    return max(candidates, key=lambda path: path.stat().st_mtime_ns, default=None)
+
+
+def default_loggers(root: str, name: str, version: int | None = None) -> list[Any]:
+    """TensorBoard and CSV loggers writing into one ``root/name/version_<n>`` directory (the next, by default)."""
     tensorboard = TensorBoardLogger(root, name=name, version=version, default_hp_metric=False)
     return [tensorboard, CSVLogger(root, name=name, version=tensorboard.version)]
 

@@ -7,7 +7,9 @@ DeiT distillation; evaluation logs loss and top-1/top-5 accuracy (torchmetrics, 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import lightning as L
@@ -174,7 +176,7 @@ class ImageClassifier(L.LightningModule):
             images, targets = self.mix(images, labels)  # targets: (B, num_classes) mixed one-hot
         outputs = self(images)
         loss = self._loss(outputs, targets, images)
-        if not torch.isfinite(loss):
+        if not self._all_finite(loss):
             raise TrainingError(self._non_finite_message(loss, batch_idx))
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(labels))
         if targets.ndim == 1:
@@ -224,12 +226,25 @@ class ImageClassifier(L.LightningModule):
         )
         return (1 - self.distill_alpha) * base + self.distill_alpha * temperature**2 * divergence
 
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every process (all stop together, so none waits in an all-reduce)."""
+        finite = bool(torch.isfinite(loss))
+        if self._trainer is not None and self._trainer.world_size > 1:
+            finite = bool(self._trainer.strategy.reduce_boolean_decision(finite, all=True))
+        return finite
+
     def _non_finite_message(self, loss: torch.Tensor, batch_idx: int) -> str:
-        callback = getattr(self._trainer, "checkpoint_callback", None)
-        checkpoint = getattr(callback, "last_model_path", "") or "none saved yet"
+        saved = [
+            Path(path)
+            for callback in getattr(self._trainer, "checkpoint_callbacks", [])
+            for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""))
+            if path and Path(path).is_file()
+        ]
+        checkpoint = max(saved, key=lambda path: path.stat().st_mtime_ns) if saved else "none saved yet"
         return (
-            f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, batch "
-            f"{batch_idx}); stopped before updating the weights. Last good checkpoint: {checkpoint}. "
+            f"training loss is {loss.item()} (on this or another process) at step {self.global_step} "
+            f"(epoch {self.current_epoch}, batch {batch_idx}); stopped before updating the weights. "
+            f"Last good checkpoint: {checkpoint}. "
             "Try a lower model.lr, gradient clipping (--trainer.gradient_clip_val 1.0) or fp32 precision."
         )
 
@@ -255,10 +270,11 @@ class ImageClassifier(L.LightningModule):
     @override
     def on_train_start(self) -> None:
         """Gives the schedule the run's length, now that the loaders (and a resumed position) are set up."""
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        for config in self.trainer.lr_scheduler_configs:
-            set_schedule_length(config.scheduler, total_steps, max(1, total_steps // epochs))
+        trainer = self.trainer
+        total_steps = max(1, int(trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+        for config in trainer.lr_scheduler_configs:
+            set_schedule_length(config.scheduler, total_steps, min(steps_per_epoch, total_steps))
 
 
 def _check_config(
@@ -335,4 +351,5 @@ def _is_stochastic(module: nn.Module) -> bool:
         return module.p > 0
     if type(module).__name__ == "DropPath":
         return float(getattr(module, "drop_prob", 1.0)) > 0
-    return isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats
+    # BatchNorm in training mode normalises with batch statistics (and may update running ones).
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
