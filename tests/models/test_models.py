@@ -143,3 +143,20 @@ def test_vit_resamples_positions_for_other_input_sizes() -> None:
     assert resampled.shape == (1, 1 + 6 * 5, model.num_features)
     # The class token's position is carried over unchanged.
     torch.testing.assert_close(resampled[:, 0], model.pos_embed[:, 0])
+
+
+def test_resnet_stochastic_depth_drops_residual_branches_only_in_training() -> None:
+    torch.manual_seed(0)
+    plain = create_model("resnet18", num_classes=10, in_chans=1)
+    deep = create_model("resnet18", num_classes=10, in_chans=1, drop_path_rate=0.5)
+    assert plain.state_dict().keys() == deep.state_dict().keys()  # no new weights: checkpoints interchange
+    deep.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 1, 28, 28)
+    plain.eval()
+    deep.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(deep(x), plain(x))
+        deep.train()
+        assert not torch.allclose(deep(x), deep(x))
+    with pytest.raises(ValueError, match="drop_path_rate"):
+        create_model("resnet18", drop_path_rate=1.0)

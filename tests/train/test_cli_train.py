@@ -84,7 +84,10 @@ def test_invalid_values_exit_2_naming_the_key(
     assert not (tmp_path / "runs" / "tiny" / "version_0" / "checkpoints").exists()  # nothing trained
 
 
-def test_unknown_and_mistyped_keys_are_rejected_by_the_parser(write_recipe, tmp_path: Path, capsys) -> None:
+def test_unknown_and_mistyped_keys_are_rejected_by_the_parser(
+    write_recipe, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)  # were a run to start, it would write here
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(write_recipe()), "--trainer.max_epoch", "3"])
     assert exit_info.value.code == 2

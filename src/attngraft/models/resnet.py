@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from timm.layers import DropPath
 from torch import nn
 from typing_extensions import override
 
@@ -48,19 +49,29 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, width: int, stride: int = 1, spatial: str = "conv", **options: Any) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        stride: int = 1,
+        spatial: str = "conv",
+        *,
+        drop_path: float = 0.0,
+        **options: Any,
+    ) -> None:
         super().__init__()
         self.conv1 = spatial_operator(spatial, in_channels, width, stride, **options)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = spatial_operator(spatial, width, width, 1, **options)
         self.bn2 = nn.BatchNorm2d(width)
         self.shortcut = _shortcut(in_channels, width, stride)
+        self.drop_path = _drop_path(drop_path)
         self.relu = nn.ReLU(inplace=True)
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        return self.relu(self.drop_path(self.bn2(self.conv2(out))) + self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
@@ -68,7 +79,16 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, width: int, stride: int = 1, spatial: str = "conv", **options: Any) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        stride: int = 1,
+        spatial: str = "conv",
+        *,
+        drop_path: float = 0.0,
+        **options: Any,
+    ) -> None:
         super().__init__()
         out_channels = width * self.expansion
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
@@ -78,13 +98,19 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.shortcut = _shortcut(in_channels, out_channels, stride)
+        self.drop_path = _drop_path(drop_path)
         self.relu = nn.ReLU(inplace=True)
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        return self.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+        return self.relu(self.drop_path(self.bn3(self.conv3(out))) + self.shortcut(x))
+
+
+def _drop_path(rate: float) -> nn.Module:
+    """Stochastic depth on the residual branch (timm's DropPath), or nothing at rate 0."""
+    return DropPath(rate) if rate > 0 else nn.Identity()
 
 
 def make_stem(kind: str, in_chans: int, channels: int = 64) -> nn.Sequential:
@@ -111,6 +137,7 @@ class ResNet(nn.Module):
         in_chans: Input channels.
         stem: "imagenet", "cifar" or "attention".
         spatial: "conv" or "local": the 3×3 operator inside the blocks.
+        drop_path_rate: Stochastic depth of the last block's residual branch, rising linearly from 0 over the blocks.
         **spatial_options: Options of the ``local`` operator (``kernel_size``, ``num_heads``, ``compiled``).
 
     Shape:
@@ -129,9 +156,13 @@ class ResNet(nn.Module):
         in_chans: int,
         stem: str = "imagenet",
         spatial: str = "conv",
+        drop_path_rate: float = 0.0,
         **spatial_options: Any,
     ) -> None:
         super().__init__()
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        rates = iter(torch.linspace(0, drop_path_rate, sum(depths)).tolist())  # deeper blocks drop more often
         self.stem = make_stem(stem, in_chans)
         reduction = STEM_REDUCTION[stem]
         # Stage metadata in timm's format, so grafting finds stages the same way for timm and attngraft models.
@@ -142,7 +173,7 @@ class ResNet(nn.Module):
             blocks = []
             for position in range(depth):
                 stride = 2 if index > 0 and position == 0 else 1
-                blocks.append(block(channels, width, stride, spatial, **spatial_options))
+                blocks.append(block(channels, width, stride, spatial, drop_path=next(rates), **spatial_options))
                 channels = width * block.expansion
             reduction *= 2 if index > 0 else 1
             # torchvision's stage names (layer1..layer4), which graft specs address.
