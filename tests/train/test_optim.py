@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -94,3 +96,30 @@ def test_onecycle_peaks_inside_and_constant_stays() -> None:
     assert rates[0] == pytest.approx(1 / 25)
     assert rates[-1] < 0.02
     assert set(_rates("constant")) == {1.0}
+
+
+def test_schedule_counts_steps_of_a_gradient_accumulation_schedule(fashion_mnist_dir) -> None:
+    """Accumulating ×2 from epoch 1: 8 + 4 optimiser steps, so the cosine reaches zero at the last one."""
+    import lightning as L
+    from lightning.pytorch.callbacks import GradientAccumulationScheduler
+
+    from attngraft.data.datamodule import ImageDataModule
+    from attngraft.train import ImageClassifier
+
+    rates: list[float] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    L.seed_everything(0)
+    module = ImageClassifier("mnist_cnn", lr=1.0)
+    data = ImageDataModule(data_dir=fashion_mnist_dir, batch_size=32, train_size=256, val_size=32, num_workers=0)
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0,
+        callbacks=[GradientAccumulationScheduler({0: 1, 1: 2}), Record()],
+    )  # fmt: skip
+    trainer.fit(module, data)
+    assert trainer.global_step == 12
+    assert rates[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 11 / 12)), abs=1e-6)  # step 11 of 12

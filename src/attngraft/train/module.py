@@ -15,6 +15,7 @@ from typing import Any, cast
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import GradientAccumulationScheduler
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -270,11 +271,25 @@ class ImageClassifier(L.LightningModule):
     @override
     def on_train_start(self) -> None:
         """Gives the schedule the run's length, now that the loaders (and a resumed position) are set up."""
-        trainer = self.trainer
-        total_steps = max(1, int(trainer.estimated_stepping_batches))
-        steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
-        for config in trainer.lr_scheduler_configs:
+        total_steps, steps_per_epoch = _planned_steps(self.trainer)
+        for config in self.trainer.lr_scheduler_configs:
             set_schedule_length(config.scheduler, total_steps, min(steps_per_epoch, total_steps))
+
+
+def _planned_steps(trainer: L.Trainer) -> tuple[int, int]:
+    """(optimiser steps of the whole run, optimiser steps of the first epoch).
+
+    Lightning's estimate assumes the accumulation of the first epoch throughout; with a
+    ``GradientAccumulationScheduler`` the run's epochs are counted one by one, so the schedule still ends at zero.
+    """
+    batches = trainer.num_training_batches
+    scheduler = next((cb for cb in trainer.callbacks if isinstance(cb, GradientAccumulationScheduler)), None)  # type: ignore[attr-defined]
+    max_epochs = trainer.max_epochs or -1
+    if scheduler is None or max_epochs < 1 or trainer.max_steps != -1 or math.isinf(batches):
+        total = max(1, int(trainer.estimated_stepping_batches))
+        return total, max(1, math.ceil(batches / trainer.accumulate_grad_batches)) if not math.isinf(batches) else total
+    per_epoch = [math.ceil(batches / scheduler.get_accumulate_grad_batches(epoch)) for epoch in range(max_epochs)]
+    return max(1, sum(per_epoch)), max(1, per_epoch[0])
 
 
 def _check_config(
