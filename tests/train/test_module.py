@@ -106,6 +106,7 @@ def test_deit_distillation_from_a_teacher_checkpoint(tmp_path: Path, kind: str) 
     assert torch.equal(module.teacher.head.weight, teacher.head.weight)
     assert not any(parameter.requires_grad for parameter in module.teacher.parameters())
     module.train()
+    assert not module.teacher.training  # the teacher never trains, nor drops out
     images, labels = _batch()
     outputs = module(images)
     assert isinstance(outputs, tuple)

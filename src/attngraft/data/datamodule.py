@@ -17,7 +17,7 @@ from torchdata.stateful_dataloader.sampler import RandomSampler
 from attngraft.data.datasets import get_dataset_spec, load_split, locate_dataset
 from attngraft.data.splits import TransformedSubset, split_indices
 from attngraft.data.transforms import build_transform
-from attngraft.errors import ConfigError
+from attngraft.errors import check_values
 
 # torchdata 0.11 calls a torch API that torch 2.14 deprecates, once per loader iteration; nothing for users to fix.
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
@@ -182,6 +182,4 @@ def _check_config(
             "a count >= 0, a fraction in (0, 1), or null",
         ),
     ]
-    for key, value, valid, expected in checks:
-        if not valid:
-            raise ConfigError(f"data.{key}: expected {expected}, got {value!r}")
+    check_values("data", checks)

@@ -83,28 +83,32 @@ class FeatureCache(L.Callback):
         self.active, self.reason = False, "feature_cache.mode is off"
         if self.mode == "off":
             return
-        reason, encoder = self._blocker(trainer, pl_module)
+        reason, split = self._blocker(trainer, pl_module)
         self.reason = reason
-        if encoder is None:
+        if split is None:
             if self.mode != "auto":
                 raise ConfigError(f"feature_cache.mode {self.mode}: cannot cache features: {reason}")
             logger.info("feature cache off: %s", reason)
             return
         datamodule = _datamodule(trainer)
-        for split in CACHED_SPLITS:
-            dataset = datamodule.splits[split]
-            self._originals[split] = dataset
-            datamodule.splits[split] = self._features(trainer, pl_module, encoder, dataset, split)
+        encoder, tail = split
+        for name in CACHED_SPLITS:
+            dataset = datamodule.splits[name]
+            self._originals[name] = dataset
+            datamodule.splits[name] = self._features(trainer, pl_module, encoder, dataset, name)
         # Features in memory need no loader processes: their start-up and copies would cost more than the head.
         self._num_workers = getattr(datamodule, "num_workers", None)
         if self._num_workers is not None:
             datamodule.num_workers = 0
         assert isinstance(pl_module, ImageClassifier)
-        pl_module.cached = self.active = True
+        pl_module.use_cached_features(tail)
+        self.active = True
         logger.info("feature cache on: training the head on cached backbone features")
 
-    def _blocker(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[str, Encoder | None]:
-        """(why features cannot be cached, None) or ("", the encoder)."""
+    def _blocker(
+        self, trainer: L.Trainer, pl_module: L.LightningModule
+    ) -> tuple[str, tuple[Encoder, torch.nn.Module] | None]:
+        """(why features cannot be cached, None) or ("", (the encoder, the tail))."""
         if not isinstance(pl_module, ImageClassifier):
             return f"{type(pl_module).__name__} is not an ImageClassifier", None
         datamodule = _datamodule(trainer)
@@ -121,7 +125,7 @@ class FeatureCache(L.Callback):
         split = pl_module.feature_split()
         if isinstance(split, str):
             return split, None
-        return "", split[0]
+        return "", split
 
     def _features(
         self, trainer: L.Trainer, pl_module: L.LightningModule, encoder: Encoder, dataset: Dataset[Any], split: str
@@ -171,7 +175,7 @@ class FeatureCache(L.Callback):
             datamodule.num_workers = self._num_workers
         self._originals = {}
         if isinstance(pl_module, ImageClassifier):
-            pl_module.cached = False
+            pl_module.use_cached_features(None)
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

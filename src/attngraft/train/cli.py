@@ -33,7 +33,6 @@ from attngraft.train.module import ImageClassifier
 
 logger = logging.getLogger(__name__)
 RUNS_DIR = "runs"
-TRAIN_COMMANDS = ("fit", "validate", "test", "predict", "lr-find")
 
 
 class AttngraftCLI(LightningCLI):

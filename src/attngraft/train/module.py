@@ -10,7 +10,7 @@ import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Self, cast
 
 import lightning as L
 import torch
@@ -22,7 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 from typing_extensions import override
 
-from attngraft.errors import ConfigError, TrainingError
+from attngraft.errors import ConfigError, TrainingError, check_values
 from attngraft.grafting import GraftedModel
 from attngraft.grafting.backbone import first_conv_name, forward_until
 from attngraft.grafting.weights import load_weights, read_state_dict
@@ -110,7 +110,8 @@ class ImageClassifier(L.LightningModule):
         self.distill_temperature = distill_temperature
         self.channels_last = channels_last
         self.mix = _mixing(mixup_alpha, cutmix_alpha, num_classes)
-        self.cached = False  # True while batches hold backbone features (see attngraft.train.cache)
+        # The head's forward while batches hold cached backbone features (set by attngraft.train.cache), else None.
+        self._features_forward: Callable[[torch.Tensor], Any] | None = None
         self.metrics = nn.ModuleDict(
             {f"{stage}_metrics": _accuracy(num_classes, stage) for stage in ("train", "val", "test")}
         )
@@ -124,8 +125,8 @@ class ImageClassifier(L.LightningModule):
     @override
     def forward(self, x: torch.Tensor) -> Any:
         """Logits for images ``x`` (B, C, H, W), or for backbone features while features are cached."""
-        if self.cached:
-            return self.tail(x)
+        if self._features_forward is not None:
+            return self._features_forward(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self._forward(x)
@@ -160,12 +161,13 @@ class ImageClassifier(L.LightningModule):
         return (lambda images: forward_until(backbone, stage, images)), network.grafts["head"]
 
     @property
-    def tail(self) -> nn.Module:
-        """The trained part that runs on cached features."""
-        split = self.feature_split()
-        if isinstance(split, str):
-            raise RuntimeError(f"no feature split: {split}")
-        return split[1]
+    def cached(self) -> bool:
+        """Whether batches hold cached backbone features (only the tail runs)."""
+        return self._features_forward is not None
+
+    def use_cached_features(self, tail: nn.Module | None) -> None:
+        """Runs only ``tail`` (from :meth:`feature_split`) on batches of features; None: images again."""
+        self._features_forward = None if tail is None else tail.forward
 
     # --- steps --------------------------------------------------------------------------------------------------
 
@@ -252,11 +254,15 @@ class ImageClassifier(L.LightningModule):
     # --- optimisation -------------------------------------------------------------------------------------------
 
     @override
-    def on_train_epoch_start(self) -> None:
+    def train(self, mode: bool = True) -> Self:
+        """Sets the mode; a distillation teacher stays in eval mode (no dropout, fixed statistics).
+
+        A grafted network keeps its frozen norms in eval mode itself (``GraftedModel.train``).
+        """
+        super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()
-        if isinstance(self.network, GraftedModel):
-            self.network.train()  # re-applies eval mode to frozen norms after Lightning's train()
+        return self
 
     @override
     def configure_optimizers(self) -> Any:
@@ -287,7 +293,9 @@ def _planned_steps(trainer: L.Trainer) -> tuple[int, int]:
     max_epochs = trainer.max_epochs or -1
     if scheduler is None or max_epochs < 1 or trainer.max_steps != -1 or math.isinf(batches):
         total = max(1, int(trainer.estimated_stepping_batches))
-        return total, max(1, math.ceil(batches / trainer.accumulate_grad_batches)) if not math.isinf(batches) else total
+        if math.isinf(batches):
+            return total, total
+        return total, max(1, math.ceil(batches / trainer.accumulate_grad_batches))
     per_epoch = [math.ceil(batches / scheduler.get_accumulate_grad_batches(epoch)) for epoch in range(max_epochs)]
     return max(1, sum(per_epoch)), max(1, per_epoch[0])
 
@@ -310,9 +318,7 @@ def _check_config(
         ("distill_alpha", alpha, 0 <= alpha <= 1, "in [0, 1]"),
         ("distill_temperature", temperature, temperature > 0, "a positive number"),
     ]
-    for key, value, valid, expected in checks:
-        if not valid:
-            raise ConfigError(f"model.{key}: expected {expected}, got {value!r}")
+    check_values("model", checks)
 
 
 def _build_teacher(
