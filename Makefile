@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup data demo test test-all lint format lock clean
+.PHONY: setup data demo studies test test-all lint format lock clean
 
 setup: $(STAMP) data  ## create .venv, install the pinned stack + attngraft (editable), install the dataset
 
@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 data:  ## the real default dataset (Fashion-MNIST) from the Debian package
 	@bash scripts/install-data.sh
 
-demo: setup
-	$(BIN)/attngraft data fashion-mnist
+demo: setup  ## the main job: the graft study's quick profile (~15 min on 2 CPU cores), then its table
+	$(BIN)/attngraft study graft --profile quick --resume
+
+studies: setup  ## the three studies' quick profiles, published to docs/results/ (about an hour on 2 CPU cores)
+	$(BIN)/attngraft study graft --profile quick --resume --publish docs/results/graft-quick
+	$(BIN)/attngraft study vit --profile quick --resume --publish docs/results/vit-quick
+	$(BIN)/attngraft study sasa --profile quick --resume --publish docs/results/sasa-quick
 
 test: setup
 	$(BIN)/python -m pytest

@@ -4,50 +4,23 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
+from attngraft.study.measure import machine, median_ms
 
-
-def machine() -> dict[str, object]:
-    """What the numbers were measured on."""
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
-
-
-def median_ms(step: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``step`` in milliseconds, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+__all__ = [
+    "current_rss_mib",
+    "machine",
+    "median_ms",
+    "paired_median_ms",
+    "peak_extra_mib_in_subprocess",
+    "peak_rss_mib",
+    "reset_peak_rss",
+]
 
 
 def paired_median_ms(step: Callable[[], object], baseline: Callable[[], object], repeats: int) -> tuple[float, float]:

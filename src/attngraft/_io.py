@@ -19,9 +19,30 @@ def atomic_path(destination: Path) -> Iterator[Path]:
     temporary_path = Path(temporary)
     try:
         yield temporary_path
+        if temporary_path.is_file():  # mkstemp creates 0600; give the file the mode a plain open() would
+            os.chmod(temporary_path, _file_mode(destination))
         os.replace(temporary_path, destination)
     finally:
         if temporary_path.is_dir():
             shutil.rmtree(temporary_path, ignore_errors=True)
         else:
             temporary_path.unlink(missing_ok=True)
+
+
+def _file_mode(destination: Path) -> int:
+    """The existing destination's permission bits, else 0666 less the process's umask."""
+    if destination.exists():
+        return destination.stat().st_mode & 0o777
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (os.umask would set it meanwhile)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 
 from typing_extensions import override
 
 from attngraft import __version__
-from attngraft.errors import AttngraftError, UnknownNameError
+from attngraft.errors import AttngraftError, ConfigError, UnknownNameError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -99,6 +100,56 @@ def _run_graft_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_study(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from attngraft.study import StudyOptions, default_directory, list_studies, load_study, run_study
+    from attngraft.study.run import publish
+
+    if args.list:
+        print("\n".join(list_studies()))
+        return 0
+    overrides = {}
+    for assignment in args.set:
+        key, equals, value = assignment.partition("=")
+        if not equals or not key:
+            raise ConfigError(f"--set {assignment!r}: expected NAME=VALUE")
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {assignment!r}: the value is not YAML: {error}") from None
+    if args.publish and args.cells:
+        raise ConfigError("--publish takes the whole study: run it without --cells")
+    study = load_study(args.name, args.profile, overrides)
+    options = StudyOptions(
+        out=Path(args.out) if args.out else None,
+        resume=args.resume,
+        backbone_weights=args.backbone_weights,
+        cells=args.cells.split(",") if args.cells else None,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+        command=shlex.join(["attngraft", *args.argv]),
+    )
+    out = options.out or default_directory(study)
+    if args.plan:
+        for run in study.runs(cells=options.cells):
+            print(f"{run.key:<48}{run.cell.epochs:>4} epochs  {run.cell.label}")
+        return 0
+    try:
+        run_study(study, options)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs are kept in {out}; continue with --resume", file=sys.stderr)
+        return 130
+    print((out / "results.md").read_text())
+    print(f"results, plots and logs: {out}")
+    if args.publish:
+        written = publish(out, Path(args.publish))
+        print(f"published {len(written)} files to {args.publish}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``attngraft`` command."""
     parser = argparse.ArgumentParser(prog="attngraft", description="Add attention to vision models.")
@@ -125,6 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     graft_info.add_argument("spec", help="YAML graft spec (see configs/grafts/)")
     graft_info.add_argument("--download", action="store_true", help="allow downloading imagenet weights")
     graft_info.set_defaults(handler=_run_graft_info)
+
+    study = commands.add_parser("study", help="run a reference study: train, test and measure its cells; tables, plots")
+    study.add_argument("name", nargs="?", default="graft", help="study name (configs/studies/) or YAML file")
+    study.add_argument("--profile", default="quick", help="quick (default, CPU minutes) or full (the reference)")
+    study.add_argument("--out", help="results directory (default: runs/studies/<name>-<profile>)")
+    study.add_argument("--resume", action="store_true", help="keep the finished runs in --out and continue")
+    study.add_argument("--backbone-weights", help="weights of the pretrained cells' backbone: a file, or imagenet")
+    study.add_argument("--cells", help="comma-separated cells to run (with the cells they take weights from)")
+    study.add_argument("--data-dir", help="directory searched first for the datasets' files")
+    study.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="set a profile variable")
+    study.add_argument("--publish", metavar="DIR", help="copy the tables, plots, config and environment to DIR")
+    study.add_argument("--plan", action="store_true", help="print the runs without running them")
+    study.add_argument("--list", action="store_true", help="list the studies")
+    study.add_argument("--no-progress", action="store_true", help="no progress bar")
+    study.set_defaults(handler=_run_study)
 
     for command, purpose in (
         ("fit", "train a recipe (LightningCLI: --config RECIPE.yaml, --trainer.max_epochs N, ...)"),
@@ -179,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
+    args.argv = argv
     try:
         return handler(args)
     except AttngraftError as error:

@@ -24,7 +24,8 @@ def unknown_name_message(kind: str, name: object, valid: list[str], *, list_all:
     """The message for an unknown name: the closest valid names and (when ``list_all``) every valid name."""
     close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(repr(match) for match in close)}?" if close else ""
-    listing = f" Valid {kind}s: {', '.join(valid) or '(none registered)'}" if list_all else ""
+    plural = f"{kind[:-1]}ies" if kind.endswith("y") and kind[-2:-1] not in ("a", "e", "o", "u") else f"{kind}s"
+    listing = f" Valid {plural}: {', '.join(valid) or '(none registered)'}" if list_all else ""
     return f"unknown {kind} {name!r}.{hint}{listing}"
 
 

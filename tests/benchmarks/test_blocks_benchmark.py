@@ -1,21 +1,10 @@
 """The block benchmark runs and reports every field (values are not judged here: no timing in tests)."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "blocks.py"
+from .scripts import run_json
 
 
 def test_quick_run_reports_ratios_against_baselines() -> None:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json", "--blocks", "mhsa,se", "--repeats", "1"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    report = json.loads(result.stdout)
+    report = run_json("blocks.py", "--blocks", "mhsa,se", "--repeats", "1")
     assert report["machine"]["cores"] >= 1
     pairs = [(row["block"], row["baseline"]) for row in report["results"]]
     assert pairs == [("mhsa", "naive_attention"), ("mhsa", "sdpa_attention"), ("se", "conv3x3")]

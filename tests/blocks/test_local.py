@@ -70,8 +70,9 @@ def test_batch_chunks_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dense", [False, True], ids=["windows", "dense"])
 @pytest.mark.parametrize("kernel_size", [3, 5])
-def test_hand_written_backward_matches_numerical_gradients(kernel_size: int) -> None:
+def test_backward_matches_numerical_gradients(kernel_size: int, dense: bool) -> None:
     torch.manual_seed(0)
     heads, head_dim = 2, 4
     query, key, value = (torch.randn(2, heads, head_dim, 4, 5, dtype=torch.float64, requires_grad=True) for _ in "qkv")
@@ -80,8 +81,53 @@ def test_hand_written_backward_matches_numerical_gradients(kernel_size: int) -> 
     )
     probe = AttentionProbe()
     assert torch.autograd.gradcheck(
-        lambda *inputs: local.local_attention(*inputs, probe), (query, key, value, rel_rows, rel_cols)
+        lambda *inputs: local.local_attention(*inputs, probe, dense=dense), (query, key, value, rel_rows, rel_cols)
     )
+
+
+@pytest.mark.parametrize(("kernel_size", "size"), [(3, (4, 4)), (3, (2, 5)), (7, (4, 4)), (5, (7, 9)), (1, (2, 2))])
+def test_dense_path_equals_the_window_path(kernel_size: int, size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    heads, head_dim = 2, 4
+    inputs = [torch.randn(3, heads, head_dim, *size) for _ in "qkv"]
+    inputs += [torch.randn(heads, kernel_size, head_dim // 2) for _ in "rc"]
+    results = []
+    for dense in (False, True):
+        leaves = [tensor.clone().requires_grad_() for tensor in inputs]
+        out = local.local_attention(*leaves, AttentionProbe(), dense=dense)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append([out, *(leaf.grad for leaf in leaves)])
+    for windows, dense_result in zip(*results, strict=True):
+        torch.testing.assert_close(dense_result, windows, atol=1e-5, rtol=1e-4)
+
+
+def test_dense_path_trains_after_inference_at_the_same_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    original, calls = local.dense_local_attention, []
+
+    def counting(*inputs: torch.Tensor) -> torch.Tensor:
+        calls.append(inputs[0].shape)
+        return original(*inputs)
+
+    monkeypatch.setattr(local, "dense_local_attention", counting)
+    local._pair_offsets.cache_clear()
+    block = create_block("local", 16, num_heads=2, kernel_size=5)
+    x = torch.randn(2, 16, 3, 3)
+    with torch.inference_mode():
+        block(x)  # fills the offsets cache under inference mode
+    inputs = x.clone().requires_grad_()
+    block(inputs).sum().backward()  # the cached offsets must be usable by autograd
+    assert inputs.grad is not None
+    assert len(calls) == 2  # both calls took the dense path
+    with local.windows_only():
+        block(x)
+    assert len(calls) == 2
+
+
+def test_small_maps_take_the_dense_path() -> None:
+    assert local.dense_applies(4, 4, 3)
+    assert local.dense_applies(7, 7, 7)
+    assert not local.dense_applies(7, 7, 3)  # 49 pixels > 4 · 3²
+    assert not local.dense_applies(9, 9, 7)  # 81 pixels > DENSE_MAX_PIXELS
 
 
 def test_pixels_outside_the_window_have_no_influence() -> None:

@@ -89,3 +89,19 @@ def test_stage_tar_extracts_folder_and_refuses_corrupt_archives(tmp_path: Path) 
     with pytest.raises(CorruptDataError, match="archive has no folder 'other'"):
         stage_tar(archive, tmp_path / "out3", "other")
     assert os.listdir(tmp_path / "out3") == []
+
+
+def test_atomic_path_gives_new_files_the_umask_mode_and_keeps_an_existing_mode(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "new") as temporary:
+            temporary.write_bytes(b"x")
+        existing = tmp_path / "existing"
+        existing.write_bytes(b"old")
+        existing.chmod(0o600)
+        with atomic_path(existing) as temporary:
+            temporary.write_bytes(b"new")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o644
+    assert existing.stat().st_mode & 0o777 == 0o600

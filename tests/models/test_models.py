@@ -121,10 +121,17 @@ def test_vit_rejects_patches_that_do_not_tile_the_image() -> None:
         create_model("vit", patch_size=5)
 
 
+def test_cifar_style_attention_stem_keeps_the_resolution_like_the_cifar_stem() -> None:
+    x = torch.randn(1, 3, 12, 12)
+    conv_stem, attention_stem = (create_model("sasa_resnet26", stem=stem).stem for stem in ("cifar", "attention_cifar"))
+    assert attention_stem(x).shape == conv_stem(x).shape == (1, 64, 12, 12)
+    assert create_model("sasa_resnet26", stem="attention_cifar").feature_info[0]["reduction"] == 1
+
+
 def test_unknown_sizes_and_stems_list_valid_ones() -> None:
     with pytest.raises(ValueError, match="valid: \\['micro'"):
         create_model("vit", size="gigantic")
-    with pytest.raises(ValueError, match="valid: \\['imagenet', 'cifar', 'attention'\\]"):
+    with pytest.raises(ValueError, match="valid: \\['imagenet', 'cifar', 'attention', 'attention_cifar'\\]"):
         create_model("resnet18", stem="tiny")
 
 

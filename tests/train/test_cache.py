@@ -68,6 +68,24 @@ def test_disk_cache_is_written_once_and_reused(fashion_mnist_dir: Path, tmp_path
     torch.testing.assert_close(_logits(first), _logits(second))
 
 
+def test_a_shared_store_computes_one_backbones_features_once(
+    fashion_mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store: dict = {}
+    first = _fit(fashion_mnist_dir, FeatureCache("auto", store=store))
+    assert len(store) == 2  # train and val
+    features = list(store.values())
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("features were computed again")
+
+    monkeypatch.setattr(FeatureCache, "_compute", fail)
+    mhsa = {**HEAD_SPEC, "graft": [{**HEAD_SPEC["graft"][0], "block": "mhsa"}]}
+    second = _fit(fashion_mnist_dir, FeatureCache("auto", store=store), network=mhsa)
+    assert list(store.values()) == features
+    assert second.network.backbone.layer1[0].conv1.weight.equal(first.network.backbone.layer1[0].conv1.weight)
+
+
 @pytest.mark.parametrize(
     ("network", "model", "reason"),
     [

@@ -47,6 +47,10 @@ class ImageDataModule(L.LightningDataModule):
         normalize: Normalise with the dataset's mean and std.
         download: Allow torchvision's downloader when the files are not found (needs internet).
         train_augment: Augmentations for training images only.
+        cache_images: Keep transformed images in memory after their first use, when the transform is deterministic
+            (evaluation, and training without augmentation), the dataset fits in 1 GiB and the loader runs in the
+            main process (``num_workers=0``); data modules of one process share them. Saves the per-image decoding
+            and transform of every later epoch.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class ImageDataModule(L.LightningDataModule):
         normalize: bool = True,
         download: bool = False,
         train_augment: Sequence[torch.nn.Module] = (),
+        cache_images: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(val_size, float) and val_size.is_integer() and val_size >= 1:
@@ -78,6 +83,7 @@ class ImageDataModule(L.LightningDataModule):
         self.split_seed = split_seed
         self.channels = channels
         self.train_augment = tuple(train_augment)
+        self.cache_images = cache_images
         self.download = download
         transform = partial(
             build_transform,
@@ -103,13 +109,23 @@ class ImageDataModule(L.LightningDataModule):
             official_train = load_split(self.spec.name, train=True, data_dir=self.data_dir)
             train_indices, val_indices = split_indices(len(official_train), self.val_size, self.split_seed)  # type: ignore[arg-type]
             train_indices = train_indices[: self.train_size]
-            self.splits["train"] = TransformedSubset(official_train, train_indices, self.train_transform)
-            self.splits["val"] = TransformedSubset(official_train, val_indices, self.eval_transform)
+            eval_key = self._memo_key(official_train, train=True, transform=self.eval_transform)
+            train_key = None if self.train_augment else eval_key  # random augmentations are never kept
+            self.splits["train"] = TransformedSubset(official_train, train_indices, self.train_transform, train_key)
+            self.splits["val"] = TransformedSubset(official_train, val_indices, self.eval_transform, eval_key)
             self.classes = list(official_train.classes)  # type: ignore[attr-defined]
         if stage in (None, "test", "predict") and "test" not in self.splits:
             official_test = load_split(self.spec.name, train=False, data_dir=self.data_dir)
-            self.splits["test"] = TransformedSubset(official_test, range(len(official_test)), self.eval_transform)  # type: ignore[arg-type]
+            test_key = self._memo_key(official_test, train=False, transform=self.eval_transform)
+            test_indices = range(len(official_test))  # type: ignore[arg-type]
+            self.splits["test"] = TransformedSubset(official_test, test_indices, self.eval_transform, test_key)
             self.classes = list(official_test.classes)  # type: ignore[attr-defined]
+
+    def _memo_key(self, source: object, *, train: bool, transform: object) -> str | None:
+        """The key under which the transformed images of ``source`` are kept in memory; None: ``cache_images`` off."""
+        if not self.cache_images:
+            return None
+        return f"{self.spec.name}|{getattr(source, 'root', '')}|train={train}|{len(source)}|{transform!r}"  # type: ignore[arg-type]
 
     @property
     def num_classes(self) -> int:

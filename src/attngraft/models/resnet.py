@@ -19,8 +19,8 @@ from typing_extensions import override
 from attngraft.blocks import create_block
 from attngraft.models.factory import register_model
 
-STEMS = ("imagenet", "cifar", "attention")
-STEM_REDUCTION = {"imagenet": 4, "cifar": 1, "attention": 4}
+STEMS = ("imagenet", "cifar", "attention", "attention_cifar")
+STEM_REDUCTION = {"imagenet": 4, "cifar": 1, "attention": 4, "attention_cifar": 1}
 SPATIAL = ("conv", "local")
 
 
@@ -114,16 +114,21 @@ def _drop_path(rate: float) -> nn.Module:
 
 
 def make_stem(kind: str, in_chans: int, channels: int = 64) -> nn.Sequential:
-    """``imagenet``: 7×7/2 conv + max-pool (÷4); ``cifar``: 3×3/1 conv (÷1); ``attention``: SASA stem (÷4)."""
+    """The stem of a ResNet, by kind.
+
+    ``imagenet``: 7×7/2 conv + max-pool (÷4); ``cifar``: 3×3/1 conv (÷1); ``attention``: the SASA attention stem
+    + 4×4 max-pool (÷4); ``attention_cifar``: the attention stem without the pooling (÷1).
+    """
     if kind == "imagenet":
         conv: nn.Module = nn.Conv2d(in_chans, channels, 7, stride=2, padding=3, bias=False)
         return nn.Sequential(conv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, padding=1))
     if kind == "cifar":
         conv = nn.Conv2d(in_chans, channels, 3, padding=1, bias=False)
         return nn.Sequential(conv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
-    if kind == "attention":
+    if kind in ("attention", "attention_cifar"):
         stem = create_block("local_stem", in_chans, out_dim=channels, num_heads=8, pool_size=4)
-        return nn.Sequential(stem, nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.MaxPool2d(4, 4))
+        pooling = [nn.MaxPool2d(4, 4)] if kind == "attention" else []
+        return nn.Sequential(stem, nn.BatchNorm2d(channels), nn.ReLU(inplace=True), *pooling)
     raise ValueError(f"unknown stem {kind!r}; valid: {list(STEMS)}")
 
 

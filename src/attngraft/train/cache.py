@@ -29,6 +29,7 @@ from attngraft.train.module import ImageClassifier
 logger = logging.getLogger(__name__)
 MODES = ("auto", "memory", "disk", "off")
 CACHED_SPLITS = ("train", "val")
+STORE_ENTRIES = len(CACHED_SPLITS)  # a shared store keeps one backbone's features
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -60,9 +61,17 @@ class FeatureCache(L.Callback):
             (reused across runs), or "off". "memory" and "disk" fail when caching would change the results.
         directory: Where "disk" keeps features; default ``~/.cache/attngraft/features``.
         batch_size: Images per batch while computing features.
+        store: Features kept in this process by cache key, shared by the callbacks given the same dict (e.g. the
+            cells of a study that train heads on one frozen backbone): the last two splits' features stay.
     """
 
-    def __init__(self, mode: str = "auto", directory: str | None = None, batch_size: int = 256) -> None:
+    def __init__(
+        self,
+        mode: str = "auto",
+        directory: str | None = None,
+        batch_size: int = 256,
+        store: dict[str, FeatureDataset] | None = None,
+    ) -> None:
         if mode not in MODES:
             raise ConfigError(f"feature_cache.mode: expected one of {list(MODES)}, got {mode!r}")
         if batch_size < 1:
@@ -70,6 +79,7 @@ class FeatureCache(L.Callback):
         self.mode = mode
         self.directory = Path(directory) if directory is not None else cache_dir() / "features"
         self.batch_size = batch_size
+        self.store = store
         self._originals: dict[str, Dataset[Any]] = {}
         self._num_workers: int | None = None
         self.active = False  # whether the last fit trained on cached features
@@ -130,12 +140,12 @@ class FeatureCache(L.Callback):
     def _features(
         self, trainer: L.Trainer, pl_module: L.LightningModule, encoder: Encoder, dataset: Dataset[Any], split: str
     ) -> FeatureDataset:
-        if self.mode != "disk":
+        if self.mode != "disk" and self.store is None:
             return self._compute(trainer, pl_module, encoder, dataset)
-        path = (
-            self.directory
-            / f"{_cache_key(pl_module, dataset, str(trainer.precision), trainer.strategy.root_device.type)}.safetensors"
-        )
+        key = _cache_key(pl_module, dataset, str(trainer.precision), trainer.strategy.root_device.type)
+        if self.mode != "disk":
+            return self._stored(key, lambda: self._compute(trainer, pl_module, encoder, dataset), split)
+        path = self.directory / f"{key}.safetensors"
         if path.is_file():
             logger.info("feature cache: reading %s features from %s", split, path)
             stored = safetensors.torch.load_file(path)
@@ -145,6 +155,17 @@ class FeatureCache(L.Callback):
             with atomic_path(path) as temporary:
                 safetensors.torch.save_file({"features": features.features, "labels": features.labels}, temporary)
         return features
+
+    def _stored(self, key: str, compute: Callable[[], FeatureDataset], split: str) -> FeatureDataset:
+        """The features under ``key`` in the shared store, computed (and stored) when missing."""
+        assert self.store is not None
+        if key in self.store:
+            logger.info("feature cache: reusing %s features computed earlier in this process", split)
+            return self.store[key]
+        while len(self.store) >= STORE_ENTRIES:
+            self.store.pop(next(iter(self.store)))  # the oldest
+        self.store[key] = compute()
+        return self.store[key]
 
     def _compute(
         self, trainer: L.Trainer, pl_module: L.LightningModule, encoder: Encoder, dataset: Dataset[Any]
@@ -198,8 +219,10 @@ def _cache_key(pl_module: L.LightningModule, dataset: Dataset[Any], precision: s
     network = pl_module.network
     description = [
         str(getattr(network, "head_stage", "")),  # the same weights give other features at another stage
-        repr(getattr(network, "records", "")),
+        # Grafts inside the backbone change its features; the head's own record does not.
+        repr([record for record in getattr(network, "records", []) if record.mode != "head"]),
         str(sorted(getattr(network, "dropped", []))),
+        repr(getattr(network, "backbone", network)),  # parameter-free parts (pooling, strides) change features too
         torch.__version__,
         type(source).__name__,
         str(getattr(source, "root", "")),

@@ -183,7 +183,7 @@ class ImageClassifier(L.LightningModule):
             raise TrainingError(self._non_finite_message(loss, batch_idx))
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(labels))
         if targets.ndim == 1:
-            self._log_accuracy("train", _class_logits(outputs), labels)
+            self._log_accuracy("train", class_logits(outputs), labels)
         return loss
 
     @override
@@ -197,11 +197,11 @@ class ImageClassifier(L.LightningModule):
     @override
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Class probabilities (B, num_classes)."""
-        return _class_logits(self(batch[0])).softmax(dim=-1)
+        return class_logits(self(batch[0])).softmax(dim=-1)
 
     def _evaluate(self, batch: Batch, stage: str) -> None:
         images, labels = batch
-        logits = _class_logits(self(images))
+        logits = class_logits(self(images))
         loss = F.cross_entropy(logits, labels)
         self.log(f"{stage}_loss", loss, prog_bar=True, sync_dist=True, batch_size=len(labels))
         self._log_accuracy(stage, logits, labels)
@@ -213,11 +213,11 @@ class ImageClassifier(L.LightningModule):
 
     def _loss(self, outputs: Any, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         if self.teacher is None:
-            return F.cross_entropy(_class_logits(outputs), targets, label_smoothing=self.label_smoothing)
-        class_logits, distill_logits = outputs if isinstance(outputs, tuple) else (outputs, outputs)
+            return F.cross_entropy(class_logits(outputs), targets, label_smoothing=self.label_smoothing)
+        head_logits, distill_logits = outputs if isinstance(outputs, tuple) else (outputs, outputs)
         with torch.no_grad():
-            teacher_logits = _class_logits(self.teacher(images))
-        base = F.cross_entropy(class_logits, targets, label_smoothing=self.label_smoothing)
+            teacher_logits = class_logits(self.teacher(images))
+        base = F.cross_entropy(head_logits, targets, label_smoothing=self.label_smoothing)
         if self.distillation == "hard":
             return 0.5 * base + 0.5 * F.cross_entropy(distill_logits, teacher_logits.argmax(dim=-1))
         temperature = self.distill_temperature
@@ -270,9 +270,17 @@ class ImageClassifier(L.LightningModule):
         groups = parameter_groups(self.network, self.optim, new)
         if not groups:
             raise ConfigError("model.network has no trainable parameter (is everything frozen?)")
-        optimizer = create_optimizer(groups, self.optim)
+        optimizer = create_optimizer(groups, self.optim, allow_fused=self._fused_allowed())
         schedule = create_schedule(optimizer, self.optim)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _fused_allowed(self) -> bool:
+        """Fused optimisers, except where Lightning cannot clip their gradients (mixed precision with clipping)."""
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        mixed = str(trainer.precision).endswith("-mixed")
+        return not (mixed and trainer.gradient_clip_val is not None and trainer.gradient_clip_val > 0)
 
     @override
     def on_train_start(self) -> None:
@@ -352,7 +360,7 @@ def _accuracy(num_classes: int, stage: str) -> MetricCollection:
     return MetricCollection(metrics, prefix=f"{stage}_")
 
 
-def _class_logits(outputs: Any) -> torch.Tensor:
+def class_logits(outputs: Any) -> torch.Tensor:
     """The class logits of a network's output: DeiT's (class, distillation) pair averages to one."""
     if isinstance(outputs, tuple):
         return (outputs[0] + outputs[1]) / 2
