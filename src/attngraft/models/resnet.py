@@ -117,7 +117,8 @@ def make_stem(kind: str, in_chans: int, channels: int = 64) -> nn.Sequential:
     """The stem of a ResNet, by kind.
 
     ``imagenet``: 7×7/2 conv + max-pool (÷4); ``cifar``: 3×3/1 conv (÷1); ``attention``: the SASA attention stem
-    + 4×4 max-pool (÷4); ``attention_cifar``: the attention stem without the pooling (÷1).
+    + 4×4 max-pool (÷4); ``attention_cifar``: the attention stem without the pooling (÷1). The attention stem's
+    value embeddings stay indexed by position within a 4×4 window (position modulo 4) in both.
     """
     if kind == "imagenet":
         conv: nn.Module = nn.Conv2d(in_chans, channels, 7, stride=2, padding=3, bias=False)
