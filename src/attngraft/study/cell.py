@@ -17,7 +17,8 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -222,19 +223,27 @@ def check_run(run: Run) -> None:
         _trainer(run, Path(directory), FeatureCache(mode="off"))
 
 
+@contextmanager
+def _config_errors(where: str) -> Iterator[None]:
+    """Turns what a constructor raises for a bad setting into a ConfigError naming ``where`` (ours pass through)."""
+    try:
+        yield
+    except AttngraftError:
+        raise
+    except (TypeError, ValueError, MisconfigurationException) as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
 def _datamodule(run: Run) -> ImageDataModule:
     where = f"cell {run.cell.name}.data"
-    try:
+    with _config_errors(where):
         return ImageDataModule(**_data_arguments(run.cell.data, where))
-    except (TypeError, ValueError) as error:
-        if isinstance(error, AttngraftError):
-            raise
-        raise ConfigError(f"{where}: {error}") from None
 
 
 def _classifier(run: Run, datamodule: ImageDataModule, backbone_weights: str | None) -> ImageClassifier:
     cell = run.cell
-    try:
+    # An unknown training key, or a network option a builder rejects.
+    with _config_errors(f"cell {cell.name}.network/training"):
         return ImageClassifier(
             cell.network,
             num_classes=datamodule.num_classes,
@@ -242,10 +251,6 @@ def _classifier(run: Run, datamodule: ImageDataModule, backbone_weights: str | N
             backbone_weights=backbone_weights,
             **cell.training,
         )
-    except (TypeError, ValueError) as error:  # an unknown training key, or a network option a builder rejects
-        if isinstance(error, AttngraftError):
-            raise
-        raise ConfigError(f"cell {cell.name}.network/training: {error}") from None
 
 
 def _trainer(run: Run, directory: Path, *callbacks: L.Callback) -> L.Trainer:
@@ -266,10 +271,8 @@ def _trainer(run: Run, directory: Path, *callbacks: L.Callback) -> L.Trainer:
         **run.cell.trainer,
         "max_epochs": run.cell.epochs,
     }
-    try:
+    with _config_errors(f"cell {run.cell.name}.trainer"):
         return L.Trainer(**options)
-    except (TypeError, ValueError, MisconfigurationException) as error:
-        raise ConfigError(f"cell {run.cell.name}.trainer: {error}") from None
 
 
 def _data_arguments(data: Mapping[str, Any], where: str) -> dict[str, Any]:

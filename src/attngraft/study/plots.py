@@ -29,7 +29,9 @@ def plot_accuracy_latency(summary: Sequence[dict[str, Any]], dataset: str, path:
         error = 0.0 if math.isnan(row["test_acc_std"]) else 100 * row["test_acc_std"]
         marker = "s" if row["pretrained"] == "yes" else "o"
         axes.errorbar(row[latency], 100 * row["test_acc"], yerr=error, fmt=marker, capsize=3)
-        axes.annotate(row["model"], (row[latency], 100 * row["test_acc"]), fontsize=7, xytext=(4, 3), **_offset())
+        axes.annotate(
+            row["model"], (row[latency], 100 * row["test_acc"]), fontsize=7, xytext=(4, 3), textcoords="offset points"
+        )
     axes.set_xscale("log")
     axes.set_xlabel(f"CPU latency, ms/image at batch {latency.removeprefix('latency_ms_b')} (log)")
     axes.set_ylabel("test accuracy (%)")
@@ -80,10 +82,6 @@ def read_epoch_metrics(path: Path) -> dict[int, dict[str, float]]:
                 if key not in ("epoch", "step") and value not in ("", None):
                     values[key] = float(value)
     return epochs
-
-
-def _offset() -> dict[str, Any]:
-    return {"textcoords": "offset points"}
 
 
 def _save(plt: Any, figure: Any, path: Path) -> None:

@@ -48,13 +48,16 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
+def latency_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The ``latency_ms_b<batch>`` columns present in ``rows``, by batch size."""
+    columns = {key for row in rows for key in row if key.startswith("latency_ms_b")}
+    return sorted(columns, key=lambda key: int(key.removeprefix("latency_ms_b")))
+
+
 def markdown_table(summary: Sequence[dict[str, Any]], dataset: str) -> str:
     """The summary rows of ``dataset`` as a Markdown table (accuracy in %, mean ± std over seeds)."""
     rows = [row for row in summary if row["dataset"] == dataset]
-    latencies = sorted(
-        {key for row in rows for key in row if key.startswith("latency_ms_b")},
-        key=lambda key: int(key.removeprefix("latency_ms_b")),
-    )
+    latencies = latency_columns(rows)
     with_max = any("max_test_acc" in row for row in rows)
     header = [
         "model",

@@ -6,6 +6,7 @@ continues it (a run whose cell, seed or backbone weights changed since is traine
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import logging
@@ -34,7 +35,7 @@ from attngraft.study.cell import (
 from attngraft.study.config import Run, Study
 from attngraft.study.measure import environment
 from attngraft.study.plots import plot_accuracy_latency, plot_training_curves
-from attngraft.study.report import markdown_table, summarize, write_json, write_rows, write_text
+from attngraft.study.report import latency_columns, markdown_table, summarize, write_json, write_rows, write_text
 from attngraft.train.cache import FeatureDataset
 
 logger = logging.getLogger(__name__)
@@ -180,9 +181,7 @@ def _check_directory(out: Path, resume: bool) -> None:
 
 
 def _with_data_dir(run: Run, data_dir: str) -> Run:
-    cell = run.cell
-    data = {**cell.data, "data_dir": data_dir}
-    return Run(type(cell)(**{**vars(cell), "data": data}), run.dataset, run.seed)
+    return dataclasses.replace(run, cell=dataclasses.replace(run.cell, data={**run.cell.data, "data_dir": data_dir}))
 
 
 def _write_results(
@@ -210,11 +209,8 @@ def _write_results(
 
 def _plot_latency(summary: Sequence[dict[str, Any]]) -> str | None:
     """The latency column of the accuracy plot: batch 1 when measured, else the smallest batch."""
-    keys = sorted(
-        {key for row in summary for key in row if key.startswith("latency_ms_b")},
-        key=lambda key: int(key.removeprefix("latency_ms_b")),
-    )
-    return keys[0] if keys else None
+    columns = latency_columns(summary)
+    return columns[0] if columns else None
 
 
 def results_markdown(
