@@ -68,7 +68,8 @@ class ReAttention(Block):
         query, key, value = split_heads(self.qkv(x), 3 * self.num_heads).chunk(3, dim=1)  # (B, heads, N, hd)
         attention = ((query @ key.transpose(-2, -1)) * self.head_dim**-0.5).softmax(dim=-1)  # (B, heads, N, N)
         attention = self.probe(attention)
-        mixed = torch.einsum("bhij,hg->bgij", attention, self.head_mixing)  # (B, heads, N, N)
+        # einsum returns head-last strides; BatchNorm2d over a few channels-last channels is ~10x slower on CPU.
+        mixed = torch.einsum("bhij,hg->bgij", attention, self.head_mixing).contiguous()  # (B, heads, N, N)
         if self.norm == "layer":
             mixed = self.mix_norm(mixed.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # norm over heads
         else:
