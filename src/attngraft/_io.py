@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -46,3 +49,25 @@ def _umask() -> int:
     umask = os.umask(0o022)
     os.umask(umask)
     return umask
+
+
+def write_json(path: Path, content: object) -> None:
+    """Writes ``content`` as indented JSON, atomically (NaN as null)."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(_no_nan(content), indent=2) + "\n")
+
+
+def _no_nan(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _no_nan(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_nan(item) for item in value]
+    return value
+
+
+def write_text(path: Path, text: str) -> None:
+    """Writes ``text`` atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)

@@ -150,6 +150,45 @@ def _run_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_explain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from attngraft.explain import DEFAULT_METHODS, AttributionSettings, ExplainSettings, explain_checkpoint
+
+    if (args.images is not None and args.images < 1) or args.per_class < 0 or args.steps < 1:
+        raise ConfigError("--images and --steps must be positive, --per-class at least 0")
+    settings = ExplainSettings(
+        methods=[method.strip() for method in args.methods.split(",") if method.strip()]
+        if args.methods
+        else DEFAULT_METHODS,
+        attribution=AttributionSettings(steps=args.steps, gradcam_layer=args.gradcam_layer),
+        layers=args.layers,
+        heads=args.heads,
+        query=_pixel(args.query) if args.query else None,
+    )
+    out = Path(args.out) if args.out else Path("runs") / "explain" / Path(args.ckpt_path).stem
+    figures = explain_checkpoint(
+        args.ckpt_path,
+        out,
+        settings=settings,
+        config=args.config,
+        data_dir=args.data_dir,
+        images=args.images or 8,
+        paths=args.paths or (),
+        per_class=args.per_class,
+        progress=not args.no_progress,
+    )
+    print(f"wrote {len(figures)} figures and explanations.json to {out}")
+    return 0
+
+
+def _pixel(text: str) -> tuple[int, int]:
+    row, comma, col = text.partition(",")
+    if not comma or not row.strip().isdigit() or not col.strip().isdigit():
+        raise ConfigError(f"--query {text!r}: expected ROW,COL in image pixels, e.g. 14,14")
+    return int(row), int(col)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``attngraft`` command."""
     parser = argparse.ArgumentParser(prog="attngraft", description="Add attention to vision models.")
@@ -191,6 +230,26 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--list", action="store_true", help="list the studies")
     study.add_argument("--no-progress", action="store_true", help="no progress bar")
     study.set_defaults(handler=_run_study)
+
+    explain = commands.add_parser(
+        "explain", help="attributions (Captum) and attention maps of a checkpoint's predictions, over the images"
+    )
+    explain.add_argument("--ckpt_path", "--ckpt-path", required=True, help="checkpoint of `attngraft fit`")
+    explain.add_argument("--config", help="the run's config (data section); default: config.yaml of its run")
+    explain.add_argument("--out", help="figure directory (default: runs/explain/<checkpoint name>)")
+    chosen = explain.add_mutually_exclusive_group()
+    chosen.add_argument("--images", type=int, help="explain the first N test images (default 8)")
+    chosen.add_argument("--paths", nargs="+", metavar="IMAGE", help="explain these image files")
+    explain.add_argument("--per-class", type=int, default=0, metavar="K", help="K test images per class, a grid each")
+    explain.add_argument("--methods", help="comma-separated (default: ig,saliency,occlusion,gradcam,attention)")
+    explain.add_argument("--layers", action="store_true", help="attention maps of every layer and map block")
+    explain.add_argument("--heads", action="store_true", help="one attention map per head as well")
+    explain.add_argument("--query", metavar="ROW,COL", help="map blocks' query pixel (default: most attributed)")
+    explain.add_argument("--gradcam-layer", help="module path of GradCAM's layer (default: last conv stage)")
+    explain.add_argument("--steps", type=int, default=32, help="Integrated Gradients steps (default: 32)")
+    explain.add_argument("--data-dir", help="directory searched first for the dataset's files")
+    explain.add_argument("--no-progress", action="store_true", help="no progress bar")
+    explain.set_defaults(handler=_run_explain)
 
     for command, purpose in (
         ("fit", "train a recipe (LightningCLI: --config RECIPE.yaml, --trainer.max_epochs N, ...)"),

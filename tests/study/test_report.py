@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from attngraft._io import write_json
 from attngraft.models import create_model
 from attngraft.study.measure import cpu_latency, environment, model_costs
 from attngraft.study.plots import read_epoch_metrics
-from attngraft.study.report import markdown_table, summarize, write_json
+from attngraft.study.report import markdown_table, summarize
 
 
 def row(cell: str, seed: int, accuracy: float, **extra) -> dict:

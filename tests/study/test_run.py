@@ -68,8 +68,14 @@ def test_results_files_hold_every_run_and_the_seed_summary(finished):
     assert "| Base + graph head | yes | graph head | 2 | 64 |" in table
     assert "(2 seeds)" in table
     assert "4 of 4 runs finished" in table
-    for name in ("accuracy_latency_fashion-mnist.png", "training_curves_fashion-mnist.png"):
+    for name in (
+        "accuracy_latency_fashion-mnist.png",
+        "training_curves_fashion-mnist.png",
+        "attributions_fashion-mnist.png",
+    ):
         assert (out / name).read_bytes().startswith(b"\x89PNG")
+    assert "Integrated Gradients of each model's predicted class" in table
+    assert "![attributions](attributions_fashion-mnist.png)" in table
     assert yaml.safe_load((out / "config.yaml").read_text())["profile"] == "quick"
     assert json.loads((out / "environment.json").read_text())["torch"]
     assert (out / "study.log").read_text()
@@ -206,6 +212,7 @@ def test_publish_copies_tables_plots_and_settings_but_no_weights(finished, tmp_p
     names = sorted(path.name for path in written)
     assert names == [
         "accuracy_latency_fashion-mnist.png",
+        "attributions_fashion-mnist.png",
         "config.yaml",
         "environment.json",
         "results.csv",

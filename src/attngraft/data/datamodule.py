@@ -82,6 +82,8 @@ class ImageDataModule(L.LightningDataModule):
         self.train_size = train_size
         self.split_seed = split_seed
         self.channels = channels
+        self.image_size = image_size
+        self.normalize = normalize
         self.train_augment = tuple(train_augment)
         self.cache_images = cache_images
         self.download = download

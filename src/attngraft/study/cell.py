@@ -28,12 +28,12 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from typing_extensions import override
 
+from attngraft._io import write_json
 from attngraft.data.datamodule import ImageDataModule
 from attngraft.errors import AttngraftError, ConfigError
-from attngraft.grafting.weights import save_weights
+from attngraft.grafting.weights import read_state_dict, save_weights
 from attngraft.study.config import Run
 from attngraft.study.measure import cpu_latency, model_costs
-from attngraft.study.report import write_json
 from attngraft.train.cache import FeatureCache, FeatureDataset
 from attngraft.train.module import ImageClassifier, class_logits
 
@@ -209,6 +209,17 @@ def _fit_and_test(
         "cached_features": cache.active,
         "device": trainer.strategy.root_device.type,
     }
+
+
+def trained_network(run: Run, directory: Path) -> tuple[torch.nn.Module, ImageDataModule]:
+    """A finished run's network (its ``weights.safetensors``, in eval mode) and its data module (not set up)."""
+    datamodule = _datamodule(run)
+    if datamodule.spec.num_classes is None:
+        datamodule.prepare_data()
+        datamodule.setup("test")
+    network = _classifier(run, datamodule, None).network
+    network.load_state_dict(read_state_dict(directory / WEIGHTS_FILE))
+    return network.eval(), datamodule
 
 
 def check_run(run: Run) -> None:

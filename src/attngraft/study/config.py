@@ -7,6 +7,7 @@ The file::
     training: {optimizer: adamw, lr: 0.002}           # ImageClassifier arguments of every cell
     trainer: {gradient_clip_val: 1.0}                 # Lightning Trainer arguments of every cell
     measure: {batch_sizes: [1, 256]}                  # CPU latency batch sizes
+    explain: {images: 4, method: ig}                  # the report's attribution figure (images: 0 turns it off)
     datasets:                                         # optional; default: the data's dataset, required
       - {name: fashion-mnist}
       - {name: cifar10, optional: true, vars: {image_size: 32}}   # skipped when its files are not found
@@ -40,9 +41,11 @@ from typing import Any
 import yaml
 
 from attngraft.errors import ConfigError, UnknownNameError
+from attngraft.explain import METHODS
 from attngraft.registry import unknown_name_message
 
-STUDY_KEYS = ("description", "data", "training", "trainer", "measure", "datasets", "profiles", "cells")
+STUDY_KEYS = ("description", "data", "training", "trainer", "measure", "explain", "datasets", "profiles", "cells")
+EXPLAIN_KEYS = ("images", "method")
 PROFILE_KEYS = ("seeds", "epochs", "vars", "data", "training", "trainer")
 CELL_KEYS = ("name", "label", "attention", "network", "pretrained", "epochs", "data", "training", "trainer")
 DATASET_KEYS = ("name", "optional", "vars")
@@ -113,6 +116,8 @@ class Study:
         batch_sizes: CPU latency is measured at these batch sizes.
         repeats: Timed repetitions of each latency measurement (the median is reported).
         test_every_epoch: Also test after every epoch, for a maximum test accuracy over epochs.
+        explain_images: Test images of the report's attribution figure (0: no figure).
+        explain_method: Its attribution method (see ``attngraft.explain.METHODS``).
         source: The study file.
         resolved: The whole file, with the profile applied and variables substituted (saved with the results).
     """
@@ -125,6 +130,8 @@ class Study:
     batch_sizes: list[int]
     repeats: int
     test_every_epoch: bool
+    explain_images: int
+    explain_method: str
     source: Path
     resolved: dict[str, Any]
     _cells: dict[str, list[Cell]]
@@ -234,6 +241,7 @@ def resolve_study(
     test_every_epoch = measure.get("test_every_epoch", False)
     if not isinstance(test_every_epoch, bool):
         raise ConfigError(f"{where}: measure.test_every_epoch: expected true or false, got {test_every_epoch!r}")
+    explain_images, explain_method = _explain(study.get("explain", {}), where)
     shared = {
         "data": data,
         "training": {**_mapping(study.get("training", {}), where), **_mapping(chosen.get("training", {}), where)},
@@ -254,6 +262,7 @@ def resolve_study(
         "datasets": [entry.name for entry in datasets],
         "vars": {**variables, **(overrides or {})},
         "measure": {"batch_sizes": batch_sizes, "repeats": repeats, "test_every_epoch": test_every_epoch},
+        "explain": {"images": explain_images, "method": explain_method},
         "cells": {dataset: [vars(cell) for cell in dataset_cells] for dataset, dataset_cells in cells.items()},
     }
     return Study(
@@ -265,10 +274,24 @@ def resolve_study(
         batch_sizes=batch_sizes,
         repeats=repeats,
         test_every_epoch=test_every_epoch,
+        explain_images=explain_images,
+        explain_method=explain_method,
         source=source,
         resolved=resolved,
         _cells=cells,
     )
+
+
+def _explain(section: object, where: str) -> tuple[int, str]:
+    """The attribution figure's image count and method (report settings: they do not change any run)."""
+    explain = _mapping(section, f"{where}: explain")
+    _reject_unknown(f"{where}: explain", explain, EXPLAIN_KEYS)
+    images, method = explain.get("images", 4), explain.get("method", "ig")
+    if not isinstance(images, int) or isinstance(images, bool) or images < 0:
+        raise ConfigError(f"{where}: explain.images: expected a count >= 0, got {images!r}")
+    if method not in METHODS.names():
+        raise ConfigError(f"{where}: explain.method: unknown {method!r}; valid: {', '.join(METHODS.names())}")
+    return images, method
 
 
 def _seeds(seeds: object, where: str) -> list[int]:

@@ -8,21 +8,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from attngraft._io import atomic_path
+import torch
+from torch import nn
 
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from attngraft._figures import pyplot, save_figure
+from attngraft.data.datamodule import ImageDataModule
+from attngraft.explain import METHODS, ExplainSettings, explain_images
+from attngraft.explain.explainer import display_statistics, with_black_baseline
+from attngraft.explain.figures import Tile, displayable, draw_grid
+from attngraft.explain.inputs import official_test_samples
 
 
 def plot_accuracy_latency(summary: Sequence[dict[str, Any]], dataset: str, path: Path, latency: str) -> None:
     """Test accuracy (mean ± std over seeds) against CPU ms/image at one batch size, one labelled point per cell."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = [row for row in summary if row["dataset"] == dataset and latency in row]
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for row in rows:
@@ -37,12 +36,12 @@ def plot_accuracy_latency(summary: Sequence[dict[str, Any]], dataset: str, path:
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(f"{dataset}: accuracy vs latency (squares: pretrained backbone)")
     axes.grid(True, alpha=0.3)
-    _save(plt, figure, path)
+    save_figure(figure, path)
 
 
 def plot_training_curves(runs: Sequence[tuple[str, Path]], path: Path) -> None:
     """Validation accuracy and training loss per epoch of each run, from its ``metrics.csv``."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, (accuracy_axes, loss_axes) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, metrics in runs:
         epochs = read_epoch_metrics(metrics)
@@ -65,7 +64,34 @@ def plot_training_curves(runs: Sequence[tuple[str, Path]], path: Path) -> None:
         axes.grid(True, alpha=0.3)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_axes.legend(fontsize=7)
-    _save(plt, figure, path)
+    save_figure(figure, path)
+
+
+def plot_attributions(
+    models: Sequence[tuple[str, nn.Module, ImageDataModule]], images: int, method: str, path: Path
+) -> None:
+    """A grid: the first ``images`` test images on top, then one row per model with its attributions over them.
+
+    Each model explains its own predicted class, on the images as its own data module prepares them.
+    """
+    grid: list[list[Tile]] = []
+    for label, network, datamodule in models:
+        samples = official_test_samples(datamodule, images, 0)
+        statistics = display_statistics(datamodule)
+        shown = [displayable(sample.image, *statistics) for sample in samples]
+        settings = with_black_baseline(ExplainSettings(methods=[method]), statistics, samples[0].image.shape[0])
+        explanations = explain_images(network, torch.stack([sample.image for sample in samples]), settings)
+        if not grid:
+            truths = [f"true {datamodule.classes[int(sample.label or 0)]}" for sample in samples]
+            grid.append(
+                [Tile("test images")] + [Tile(truth, image) for truth, image in zip(truths, shown, strict=True)]
+            )
+        row = [Tile(label)]
+        for image, explanation in zip(shown, explanations, strict=True):
+            title = f"pred {datamodule.classes[explanation.prediction]} ({100 * explanation.probability:.0f}%)"
+            row.append(Tile(title, image, explanation.panels[0]))
+        grid.append(row)
+    draw_grid(grid, path, title=f"{METHODS.get(method).title} of the predicted class")
 
 
 def read_epoch_metrics(path: Path) -> dict[int, dict[str, float]]:
@@ -82,10 +108,3 @@ def read_epoch_metrics(path: Path) -> dict[int, dict[str, float]]:
                 if key not in ("epoch", "step") and value not in ("", None):
                     values[key] = float(value)
     return epochs
-
-
-def _save(plt: Any, figure: Any, path: Path) -> None:
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=120)
-    plt.close(figure)

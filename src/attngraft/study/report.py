@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -107,25 +106,3 @@ def write_rows(directory: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
-
-
-def write_json(path: Path, content: object) -> None:
-    """Writes ``content`` as indented JSON, atomically (NaN as null)."""
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(_no_nan(content), indent=2) + "\n")
-
-
-def _no_nan(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _no_nan(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_no_nan(item) for item in value]
-    return value
-
-
-def write_text(path: Path, text: str) -> None:
-    """Writes ``text`` atomically."""
-    with atomic_path(path) as temporary:
-        temporary.write_text(text)

@@ -21,9 +21,10 @@ from typing import Any
 
 import yaml
 
-from attngraft._io import atomic_path
+from attngraft._io import atomic_path, write_json, write_text
 from attngraft.data import locate_dataset
 from attngraft.errors import ConfigError, DataNotFoundError
+from attngraft.explain import METHODS
 from attngraft.study.cell import (
     RESULT_FILE,
     WEIGHTS_FILE,
@@ -31,11 +32,12 @@ from attngraft.study.cell import (
     finished_result,
     run_fingerprint,
     train_run,
+    trained_network,
 )
 from attngraft.study.config import Run, Study
 from attngraft.study.measure import environment
-from attngraft.study.plots import plot_accuracy_latency, plot_training_curves
-from attngraft.study.report import latency_columns, markdown_table, summarize, write_json, write_rows, write_text
+from attngraft.study.plots import plot_accuracy_latency, plot_attributions, plot_training_curves
+from attngraft.study.report import latency_columns, markdown_table, summarize, write_rows
 from attngraft.train.cache import FeatureDataset
 
 logger = logging.getLogger(__name__)
@@ -188,13 +190,15 @@ def _write_results(
     study: Study, out: Path, rows: list[dict[str, Any]], info: dict[str, Any], runs: Sequence[Run]
 ) -> None:
     summary = summarize(rows)
+    if len(rows) == len(runs):
+        _draw_attributions(study, out, runs)
     write_rows(out, rows)
     finished = _now()
     write_json(
         out / "results.json",
         {"study": study.name, "profile": study.profile, **info, "finished": finished, "rows": rows, "summary": summary},
     )
-    write_text(out / "results.md", results_markdown(study, summary, info, len(rows), len(runs)))
+    write_text(out / "results.md", results_markdown(study, summary, info, len(rows), len(runs), out))
     latency = _plot_latency(summary)
     for dataset in dict.fromkeys(row["dataset"] for row in rows):
         if latency is not None:
@@ -207,6 +211,20 @@ def _write_results(
         plot_training_curves(curves, out / f"training_curves_{dataset}.png")
 
 
+def _draw_attributions(study: Study, out: Path, runs: Sequence[Run]) -> None:
+    """``attributions_<dataset>.png``: each cell's attributions on the first test images (first seed's runs)."""
+    if study.explain_images == 0:
+        return
+    for dataset in dict.fromkeys(run.dataset for run in runs):
+        chosen = [run for run in runs if run.dataset == dataset and run.seed == study.seeds[0]]
+        logger.info("%s: drawing %s attributions of %d models", dataset, study.explain_method, len(chosen))
+        models = []
+        for run in chosen:
+            network, datamodule = trained_network(run, out / run.key)
+            models.append((run.cell.label, network, datamodule))
+        plot_attributions(models, study.explain_images, study.explain_method, out / f"attributions_{dataset}.png")
+
+
 def _plot_latency(summary: Sequence[dict[str, Any]]) -> str | None:
     """The latency column of the accuracy plot: batch 1 when measured, else the smallest batch."""
     columns = latency_columns(summary)
@@ -214,7 +232,7 @@ def _plot_latency(summary: Sequence[dict[str, Any]]) -> str | None:
 
 
 def results_markdown(
-    study: Study, summary: Sequence[dict[str, Any]], info: dict[str, Any], done: int, total: int
+    study: Study, summary: Sequence[dict[str, Any]], info: dict[str, Any], done: int, total: int, out: Path
 ) -> str:
     """``results.md``: what ran, where and how, then one table per dataset."""
     gpu = info.get("gpu") or "none"
@@ -241,6 +259,10 @@ def results_markdown(
         lines += ["", f"## {dataset}", "", markdown_table(summary, dataset), ""]
         lines += [f"![accuracy vs latency](accuracy_latency_{dataset}.png)"]
         lines += [f"![training curves](training_curves_{dataset}.png)"]
+        if (out / f"attributions_{dataset}.png").is_file():
+            method = METHODS.get(study.explain_method).title
+            lines += ["", f"{method} of each model's predicted class (seed {study.seeds[0]}, first test images):", ""]
+            lines += [f"![attributions](attributions_{dataset}.png)"]
     return "\n".join(lines) + "\n"
 
 

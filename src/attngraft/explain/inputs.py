@@ -1,0 +1,159 @@
+"""What ``attngraft explain`` reads: a training checkpoint (the network), its run's config (the data) and images.
+
+Checkpoints load with ``torch.load(weights_only=True)``; nothing in them is unpickled as code. The network is
+rebuilt from the checkpoint's hyperparameters with its backbone and teacher weight files switched off (the trained
+weights are in the checkpoint), then gets every weight of the checkpoint's ``network.*`` entries.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from attngraft.data.datamodule import ImageDataModule
+from attngraft.errors import ConfigError, WeightsError, WeightsNotFoundError
+from attngraft.train.module import ImageClassifier
+
+# The data settings that decide what the network sees; loader and training settings do not matter here.
+DATA_KEYS = ("dataset", "data_dir", "image_size", "channels", "normalize", "val_size", "split_seed")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """An image to explain.
+
+    Attributes:
+        name: File stem of its figure (``test_00042`` or the input file's stem).
+        image: The normalised image the network takes.
+        label: Its true class, when known.
+
+    Shape:
+        - image: (C, H, W).
+    """
+
+    name: str
+    image: torch.Tensor
+    label: int | None
+
+
+def load_network(checkpoint: str | Path) -> nn.Module:
+    """The trained network of a Lightning checkpoint written by ``attngraft fit``, in eval mode on the CPU.
+
+    Raises:
+        WeightsNotFoundError: If the file does not exist.
+        WeightsError: If it is not a weights-only checkpoint of an attngraft classifier, or its weights do not fit.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise WeightsError(
+            f"refused to load {path}: it holds pickled objects other than tensors and plain values "
+            f"({str(error).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, TypeError) as error:
+        raise WeightsError(f"checkpoint {path} is corrupt or not a torch file: {error}") from None
+    if not isinstance(content, Mapping) or not isinstance(content.get("hyper_parameters"), Mapping):
+        raise WeightsError(f"checkpoint {path} has no hyper_parameters: expected a checkpoint of `attngraft fit`")
+    classifier = ImageClassifier(**_offline_hyperparameters(content["hyper_parameters"]))
+    state = {
+        key.removeprefix("network."): value
+        for key, value in content.get("state_dict", {}).items()
+        if key.startswith("network.")
+    }
+    result = classifier.network.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsError(
+            f"checkpoint {path}: its weights do not fit the network its hyperparameters build "
+            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+    return classifier.network.eval()
+
+
+def _offline_hyperparameters(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The classifier's arguments with every weights file and the teacher left out (the checkpoint has the weights).
+
+    Entries the classifier does not take (LightningCLI adds ``_instantiator``) are dropped.
+    """
+    accepted = inspect.signature(ImageClassifier.__init__).parameters
+    arguments = {key: value for key, value in hyperparameters.items() if key in accepted and key != "self"}
+    arguments.update(backbone_weights=None, teacher=None, teacher_weights=None, distillation=None, compile=False)
+    network = arguments.get("network")
+    if isinstance(network, Mapping) and "weights" in network:
+        arguments["network"] = {**network, "weights": None}
+    return arguments
+
+
+def data_settings(config: str | Path | None, checkpoint: str | Path) -> dict[str, Any]:
+    """The ``data`` settings of the run: ``config``, else the ``config.yaml`` LightningCLI wrote beside the run.
+
+    Without either, the data module's defaults (Fashion-MNIST) apply.
+
+    Raises:
+        ConfigError: If the config cannot be read or its ``data`` section is not a mapping.
+    """
+    path = Path(config) if config is not None else Path(checkpoint).parent.parent / "config.yaml"
+    if config is None and not path.is_file():
+        return {}
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"config {path}: cannot read it: {error}") from None
+    data = (content or {}).get("data", {}) if isinstance(content, Mapping) else None
+    if isinstance(data, Mapping) and isinstance(data.get("init_args"), Mapping):
+        data = data["init_args"]
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config {path}: expected a 'data' mapping of the data module's settings")
+    return {key: value for key, value in data.items() if key in DATA_KEYS and value is not None}
+
+
+def official_test_samples(datamodule: ImageDataModule, count: int, per_class: int = 0) -> list[Sample]:
+    """The first ``count`` test images, or with ``per_class`` the first ``per_class`` of every class, in order."""
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    test = datamodule.splits["test"]
+    taken: list[Sample] = []
+    per_label: dict[int, int] = {}
+    limit = per_class * datamodule.num_classes if per_class else count
+    for index in range(len(test)):  # type: ignore[arg-type]
+        image, label = test[index]
+        if per_class and per_label.get(label, 0) >= per_class:
+            continue
+        per_label[label] = per_label.get(label, 0) + 1
+        taken.append(Sample(f"test_{index:05d}", image, int(label)))
+        if len(taken) >= limit:
+            break
+    return taken
+
+
+def file_samples(paths: Sequence[str | Path], datamodule: ImageDataModule) -> list[Sample]:
+    """Image files, converted as the data module converts its images (grey or RGB, resized, normalised).
+
+    Raises:
+        ConfigError: For a missing or unreadable file, naming it.
+    """
+    channels = len(datamodule.spec.mean)
+    native = datamodule.spec.image_shape
+    samples = []
+    for entry in paths:
+        path = Path(entry)
+        try:
+            with Image.open(path) as opened:
+                picture = opened.convert("L" if channels == 1 else "RGB")
+        except (OSError, UnidentifiedImageError) as error:
+            raise ConfigError(f"image {path}: cannot read it as an image: {error}") from None
+        if native is not None and datamodule.image_size is None and picture.size != (native[2], native[1]):
+            picture = picture.resize((native[2], native[1]), Image.Resampling.BILINEAR)
+        samples.append(Sample(path.stem, datamodule.eval_transform(picture), None))
+    return samples
