@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup data demo studies test test-all lint format lock clean
+.PHONY: setup data demo studies explain-demo test test-all lint format lock clean
 
 setup: $(STAMP) data  ## create .venv, install the pinned stack + attngraft (editable), install the dataset
 
@@ -25,6 +25,17 @@ studies: setup  ## the three studies' quick profiles, published to docs/results/
 	$(BIN)/attngraft study graft --profile quick --resume --publish docs/results/graft-quick
 	$(BIN)/attngraft study vit --profile quick --resume --publish docs/results/vit-quick
 	$(BIN)/attngraft study sasa --profile quick --resume --publish docs/results/sasa-quick
+
+GRAFT_BASELINE := runs/studies/graft-quick/fashion-mnist/resnet18/seed0/weights.safetensors
+explain-demo: setup  ## docs/results/explain: a grafted ResNet-18 and a ViT trained briefly, then explained (~10 min)
+	test -f $(GRAFT_BASELINE) || $(MAKE) demo
+	rm -rf runs/explain_graft runs/explain_vit
+	$(BIN)/attngraft fit --config configs/explain_graft.yaml --model.backbone_weights $(GRAFT_BASELINE)
+	$(BIN)/attngraft fit --config configs/vit_fashion_mnist.yaml --run_name explain_vit --trainer.max_epochs 3
+	$(BIN)/attngraft explain --ckpt_path runs/explain_graft/version_0/checkpoints/last.ckpt \
+		--out docs/results/explain/graft --per-class 1 --no-progress
+	$(BIN)/attngraft explain --ckpt_path runs/explain_vit/version_0/checkpoints/last.ckpt \
+		--out docs/results/explain/vit --images 4 --layers --no-progress
 
 test: setup
 	$(BIN)/python -m pytest

@@ -10,6 +10,7 @@ import logging
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from typing_extensions import override
 
@@ -101,8 +102,6 @@ def _run_graft_info(args: argparse.Namespace) -> int:
 
 
 def _run_study(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import yaml
 
     from attngraft.study import StudyOptions, default_directory, list_studies, load_study, run_study
@@ -151,12 +150,12 @@ def _run_study(args: argparse.Namespace) -> int:
 
 
 def _run_explain(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from attngraft.explain import DEFAULT_METHODS, AttributionSettings, ExplainSettings, explain_checkpoint
 
     if (args.images is not None and args.images < 1) or args.per_class < 0 or args.steps < 1:
         raise ConfigError("--images and --steps must be positive, --per-class at least 0")
+    if args.per_class and (args.paths or args.images is not None):
+        raise ConfigError("--per-class picks test images itself: use it without --images and --paths")
     settings = ExplainSettings(
         methods=[method.strip() for method in args.methods.split(",") if method.strip()]
         if args.methods
@@ -166,7 +165,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         heads=args.heads,
         query=_pixel(args.query) if args.query else None,
     )
-    out = Path(args.out) if args.out else Path("runs") / "explain" / Path(args.ckpt_path).stem
+    out = Path(args.out) if args.out else _explain_directory(Path(args.ckpt_path))
     figures = explain_checkpoint(
         args.ckpt_path,
         out,
@@ -180,6 +179,14 @@ def _run_explain(args: argparse.Namespace) -> int:
     )
     print(f"wrote {len(figures)} figures and explanations.json to {out}")
     return 0
+
+
+def _explain_directory(checkpoint: Path) -> Path:
+    """``runs/explain/<run>-<version>-<checkpoint>`` for ``runs/<run>/<version>/checkpoints/<checkpoint>.ckpt``."""
+    if checkpoint.parent.name == "checkpoints":
+        version = checkpoint.parent.parent
+        return Path("runs") / "explain" / f"{version.parent.name}-{version.name}-{checkpoint.stem}"
+    return Path("runs") / "explain" / checkpoint.stem
 
 
 def _pixel(text: str) -> tuple[int, int]:
@@ -236,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--ckpt_path", "--ckpt-path", required=True, help="checkpoint of `attngraft fit`")
     explain.add_argument("--config", help="the run's config (data section); default: config.yaml of its run")
-    explain.add_argument("--out", help="figure directory (default: runs/explain/<checkpoint name>)")
+    explain.add_argument("--out", help="figure directory (default: runs/explain/<run>-<version>-<checkpoint>)")
     chosen = explain.add_mutually_exclusive_group()
     chosen.add_argument("--images", type=int, help="explain the first N test images (default 8)")
     chosen.add_argument("--paths", nargs="+", metavar="IMAGE", help="explain these image files")

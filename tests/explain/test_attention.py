@@ -35,7 +35,11 @@ def test_token_map_reads_the_class_row_over_the_patch_grid() -> None:
     assert grid.shape == (1, 2, 2)
     torch.testing.assert_close(grid.flatten(1), attention[:, 0, 1:] / attention[:, 0, 1:].sum())
     without_class = token_map(attention[:, 1:, 1:], prefix_tokens=0, grid=(2, 2))
-    torch.testing.assert_close(without_class.sum(), torch.tensor(1.0))
+    columns = attention[:, 1:, 1:].mean(dim=1)  # every query's row, averaged
+    torch.testing.assert_close(without_class.flatten(1), columns / columns.sum())
+    distilled = token_map(attention, prefix_tokens=2, grid=(1, 3))  # DeiT: class and distillation rows
+    rows = attention[:, :2, 2:].mean(dim=1)
+    torch.testing.assert_close(distilled.flatten(1), rows / rows.sum())
 
 
 def test_recording_a_vit_gives_its_layers_grid_and_a_normalised_rollout() -> None:
@@ -47,6 +51,15 @@ def test_recording_a_vit_gives_its_layers_grid_and_a_normalised_rollout() -> Non
     assert all(entry.prefix_tokens == 1 and entry.map_size == (4, 4) for entry in records)
     combined = rollout([entry.probabilities for entry in records])
     torch.testing.assert_close(combined.sum(dim=-1), torch.ones(2, 17))
+
+
+@pytest.mark.parametrize(("name", "prefix"), [("deit", 2), ("deepvit", 1)])
+def test_deit_and_deepvit_records_know_their_prefix_tokens(name: str, prefix: int) -> None:
+    model = create_model(name, img_size=28, patch_size=7).eval()
+    _, records = record(model, torch.randn(1, 1, 28, 28))
+    assert [(entry.prefix_tokens, entry.map_size) for entry in records] == [(prefix, (4, 4))] * len(model.layers)
+    maps = token_map(rollout([entry.probabilities for entry in records]), prefix, (4, 4))
+    torch.testing.assert_close(maps.sum(dim=(-2, -1)), torch.ones(1))
 
 
 def test_recording_leaves_no_hooks_and_does_not_change_outputs() -> None:
@@ -110,6 +123,33 @@ def test_query_maps_cover_exactly_the_pixels_a_query_attends_to(
     assert maps.shape[-2:] == (7, 7)
     torch.testing.assert_close(maps.sum(dim=(-2, -1)), torch.ones(maps.shape[:2]))
     assert torch.equal(maps[0].sum(dim=0) > 0, _support_by_gradient(block, x, query))
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_window_query_map_weights_the_values_the_query_pixel_mixes(shift: int) -> None:
+    """Without the output projection, the block's output at a pixel is Σ_j map[j] · value[j] per head."""
+    torch.manual_seed(0)
+    block = create_block("window", 8, window_size=3, shift_size=shift, num_heads=2).eval()
+    block.proj = nn.Identity()
+    x = torch.randn(1, 8, 7, 7)
+    output, (entry,) = record(block, x)
+    values = block.qkv(x.permute(0, 2, 3, 1)).view(7, 7, 3, 2, 4)[:, :, 2]  # (H, W, heads, head_dim)
+    for query in [(0, 0), (2, 4), (6, 6), (4, 1)]:
+        maps = query_map(entry, torch.tensor([query]))[0]  # (heads, H, W)
+        expected = torch.einsum("hyx,yxhd->hd", maps, values)
+        torch.testing.assert_close(output[0, :, query[0], query[1]].view(2, 4), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_local_query_map_weights_the_values_the_query_pixel_mixes() -> None:
+    torch.manual_seed(0)
+    block = create_block("local", 8, kernel_size=3, num_heads=2).eval()
+    x = torch.randn(1, 8, 9, 9)  # larger than the dense path's small maps: the window path
+    output, (entry,) = record(block, x)
+    values = block.qkv(x).view(3, 2, 4, 9, 9)[2]  # (heads, head_dim, H, W)
+    for query in [(0, 0), (4, 7), (8, 3)]:
+        maps = query_map(entry, torch.tensor([query]))[0]  # (heads, H, W)
+        expected = torch.einsum("hyx,hdyx->hd", maps, values)
+        torch.testing.assert_close(output[0, :, query[0], query[1]].view(2, 4), expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("subsample", [False, True])

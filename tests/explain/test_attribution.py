@@ -1,13 +1,23 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
 
 from attngraft.data.datamodule import ImageDataModule
 from attngraft.errors import ConfigError
-from attngraft.explain import METHODS, AttributionSettings, ClassLogits, attribute, default_gradcam_layer
+from attngraft.explain import (
+    METHODS,
+    AttributionSettings,
+    ClassLogits,
+    ExplainSettings,
+    attribute,
+    default_gradcam_layer,
+)
 from attngraft.explain.attribution import randomized_copy
+from attngraft.explain.explainer import with_black_baseline
 from attngraft.explain.inputs import load_network, official_test_samples
 from attngraft.grafting import build
 from attngraft.models import create_model
@@ -107,3 +117,35 @@ def test_randomized_copy_redraws_every_parameter_and_keeps_the_original() -> Non
         if parameter.numel() > 1 and original[name].std() > 0:
             assert not torch.equal(parameter, original[name]), name
     assert all(torch.equal(value, original[name]) for name, value in model.state_dict().items())
+
+
+def test_the_black_baseline_gives_black_pixels_no_attribution() -> None:
+    statistics = ((0.2860,), (0.3530,))
+    settings = with_black_baseline(ExplainSettings(methods=["ig", "occlusion"]), statistics, channels=1)
+    (black,) = settings.attribution.baseline
+    assert black == pytest.approx(-0.2860 / 0.3530)
+    torch.manual_seed(0)
+    images = torch.randn(2, 1, 28, 28)
+    images[:, :, 10:18, 5:13] = black  # an 8×8 black square inside the region the model sees
+    model = ClassLogits(RegionOnly()).eval()
+    targets = torch.tensor([0, 1])
+    from_black = attribute(model, images, targets, "ig", settings.attribution)
+    from_mean = attribute(model, images, targets, "ig", AttributionSettings())
+    assert from_black[:, 10:18, 5:13].abs().max() == 0
+    assert from_mean[:, 10:18, 5:13].abs().min() > 0  # from the mean image the black square does count
+    occlusion = attribute(model, images, targets, "occlusion", replace(settings.attribution, occlusion_window=4))
+    assert occlusion[:, 13:15, 8:10].abs().max() == 0  # every 4×4 patch over these pixels is black already
+    assert occlusion[:, 8:20, 4:14].abs().sum() > 0
+    rgb = with_black_baseline(ExplainSettings(), statistics, channels=3).attribution.baseline
+    assert rgb == (black,) * 3  # grey statistics, images replicated to three channels
+    with pytest.raises(ValueError, match="baseline has 1 channel values, the images 3 channels"):
+        attribute(model, torch.randn(1, 3, 28, 28), torch.tensor([0]), "ig", settings.attribution)
+
+
+def test_attributing_leaves_no_hooks_and_keeps_the_mode() -> None:
+    network = create_model("vit", patch_size=7).train()
+    model = ClassLogits(network)
+    hooks = [(list(module._forward_hooks), list(module._forward_pre_hooks)) for module in network.modules()]
+    for method in METHODS.names():
+        attribute(model.eval(), torch.randn(2, 1, 28, 28), torch.tensor([1, 2]), method, AttributionSettings(steps=4))
+    assert [(list(module._forward_hooks), list(module._forward_pre_hooks)) for module in network.modules()] == hooks

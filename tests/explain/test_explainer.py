@@ -5,13 +5,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from attngraft.cli import main
 from attngraft.data.datamodule import ImageDataModule
 from attngraft.errors import ConfigError, WeightsError
-from attngraft.explain import ExplainSettings
+from attngraft.explain import ExplainSettings, explain_images
 from attngraft.explain.inputs import data_settings, load_network, official_test_samples
+from attngraft.grafting import build
 
 FAST = ["--steps", "4", "--no-progress"]
 
@@ -57,10 +59,11 @@ def test_explain_per_class_grids_and_image_files(trained_run: Path, tmp_path: Pa
     Image.fromarray((torch.rand(40, 30) * 255).byte().numpy()).save(picture)  # another size: resized to 28×28
     files = tmp_path / "files"
     command = ["explain", "--ckpt_path", _checkpoint(trained_run), "--out", str(files), "--paths", str(picture)]
-    assert main([*command, "--methods", "gradcam", "--query", "3,4", *FAST]) == 0
+    assert main([*command, "--methods", "gradcam,attention", "--query", "3,4", *FAST]) == 0
     (entry,) = json.loads((files / "explanations.json").read_text())
     assert entry["image"] == "my shoe"
     assert entry["label"] is None
+    assert entry["query"] == [3, 4]
     assert (files / "my shoe.png").is_file()
 
 
@@ -73,11 +76,21 @@ def test_explain_per_class_grids_and_image_files(trained_run: Path, tmp_path: Pa
         (["--images", "0"], "must be positive"),
         (["--config", "missing.yaml"], "config missing.yaml: cannot read it"),
         (["--paths", "missing.png"], "image missing.png: cannot read it"),
+        (["--per-class", "2", "--images", "3"], "--per-class picks test images itself"),
+        (["--config", "rgb.yaml"], "trained on 1-channel images of 10 classes, but the data of rgb.yaml"),
+        (["--methods", "gradcam", "--gradcam-layer", "grafts.head.layers"], "not a (channels, height, width) map"),
     ],
 )
 def test_explain_user_errors_exit_2_with_one_line(
-    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+    trained_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    arguments: list[str],
+    message: str,
 ) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("rgb.yaml").write_text(yaml.safe_dump({"data": {"dataset": "fashion-mnist", "channels": 3}}))
     command = ["explain", "--ckpt_path", _checkpoint(trained_run), "--out", str(tmp_path / "out"), *arguments, *FAST]
     assert main(command) == 2
     error = capsys.readouterr().err
@@ -97,6 +110,24 @@ def test_checkpoints_that_are_not_attngraft_runs_are_refused(tmp_path: Path, cap
     torch.save({"hyper_parameters": {}, "callback": ConfigError("x")}, code)  # an arbitrary pickled object
     with pytest.raises(WeightsError, match="refused to load"):
         load_network(code)
+
+
+def test_explaining_restores_the_mode_and_works_on_a_grafted_timm_backbone() -> None:
+    spec = {
+        "backbone": "timm/resnet18",
+        "in_chans": 1,
+        "num_classes": 10,
+        "image_size": 32,
+        "graft": [{"mode": "insert", "block": "non_local", "after": "layer2"}],
+    }
+    network = build(spec).train()
+    explanations = explain_images(
+        network, torch.randn(2, 1, 32, 32), ExplainSettings(methods=["saliency", "attention"])
+    )
+    assert network.training
+    assert [panel.title for panel in explanations[0].panels] == ["Saliency", "insert_layer2.block (query +)"]
+    assert explanations[0].panels[1].values.shape == (32, 32)
+    assert explanations[0].panels[1].values.min() >= 0  # probabilities, upsampled
 
 
 def test_unknown_methods_are_rejected_before_any_work() -> None:

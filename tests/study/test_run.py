@@ -221,3 +221,23 @@ def test_publish_copies_tables_plots_and_settings_but_no_weights(finished, tmp_p
         "training_curves_fashion-mnist.png",
     ]
     assert (tmp_path / "published" / "results.md").read_text() == (out / "results.md").read_text()
+
+
+def test_a_failing_attributions_figure_costs_neither_the_tables_nor_the_study(
+    finished, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    path, _, rows = finished
+    out = copy_of(finished, tmp_path)
+    (out / "attributions_fashion-mnist.png").unlink()
+    (out / "results.json").unlink()
+
+    def fail(*args, **kwargs):
+        raise MemoryError("no room for the figure")
+
+    monkeypatch.setattr(study_run, "plot_attributions", fail)
+    options = StudyOptions(out=out, resume=True, progress=False, command="test")
+    assert run_study(load_study(str(path)), options) == rows  # every run reused, then the figure fails
+    assert len(json.loads((out / "results.json").read_text())["rows"]) == 4
+    assert "attributions" not in (out / "results.md").read_text()
+    assert not (out / "attributions_fashion-mnist.png").exists()
+    assert "the attributions figure failed: MemoryError: no room for the figure" in (out / "study.log").read_text()

@@ -24,6 +24,7 @@ from torch import nn
 from attngraft.blocks import AttentionProbe, record_attention
 from attngraft.blocks.non_local import NonLocalBlock
 from attngraft.blocks.window import WindowAttention
+from attngraft.errors import ConfigError
 
 KINDS = ("tokens", "local", "window", "non_local")
 
@@ -54,6 +55,9 @@ def record(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[A
 
     Shape:
         - images: (B, C, H, W).
+
+    Returns:
+        The model's output and one :class:`AttentionRecord` per attention block call, in forward order.
     """
     owners = _probe_owners(model)
     inputs: dict[str, list[tuple[int, ...]]] = {name: [] for name in owners}
@@ -67,6 +71,8 @@ def record(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[A
     found = []
     for probe_name, calls in records.items():
         name = probe_name.rpartition(".")[0]
+        if name not in owners:  # a probe stored under another attribute name: its layout is unknown
+            continue
         for call, probabilities in enumerate(calls):
             shape = inputs[name][call] if call < len(inputs[name]) else ()
             found.append(_describe(model, name, owners[name], probabilities, shape, images.shape[-2:]))
@@ -83,6 +89,8 @@ def _probe_owners(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _shape_hook(shapes: list[tuple[int, ...]]) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+    """A forward pre-hook that appends the shape of its module's first input to ``shapes``."""
+
     def hook(module: nn.Module, args: tuple[object, ...]) -> None:
         first = args[0] if args else None
         shapes.append(tuple(first.shape) if isinstance(first, torch.Tensor) else ())
@@ -123,7 +131,7 @@ def token_layout(model: nn.Module, name: str, tokens: int, image_size: tuple[int
     when it matches, its ``grid_size``; otherwise the grid takes the image's aspect ratio.
 
     Raises:
-        ValueError: When the patch tokens do not form a grid of the image's aspect ratio.
+        ConfigError: When the patch tokens do not form a grid of the image's aspect ratio.
     """
     parts = name.split(".")
     prefix, grid = 0, None
@@ -138,7 +146,7 @@ def token_layout(model: nn.Module, name: str, tokens: int, image_size: tuple[int
         return prefix, (int(grid[0]), int(grid[1]))
     rows = round(math.sqrt(patches * image_size[0] / image_size[1]))
     if rows < 1 or patches % rows:
-        raise ValueError(
+        raise ConfigError(
             f"{name}: {patches} patch tokens do not form a grid of a {image_size[0]}×{image_size[1]} image"
         )
     return prefix, (rows, patches // rows)
@@ -173,13 +181,17 @@ def rollout(layers: Sequence[torch.Tensor], *, residual: float = 0.5, head_fusio
 
 
 def token_map(attention: torch.Tensor, prefix_tokens: int, grid: tuple[int, int]) -> torch.Tensor:
-    """What the class token attends to over the patch grid (the mean over patch queries without a class token).
+    """What the class token attends to over the patch grid.
+
+    With several prefix tokens (DeiT predicts from its class and distillation tokens alike) their rows are averaged;
+    without prefix tokens, every query's row.
 
     Shape:
         - attention: (B, N, N), or (B, heads, N, N) for one map per head.
         - Output: (B, rows, cols) or (B, heads, rows, cols), each map summing to 1.
     """
-    row = attention[..., 0, prefix_tokens:] if prefix_tokens > 0 else attention.mean(dim=-2)  # (..., patches)
+    queries = attention[..., :prefix_tokens, prefix_tokens:] if prefix_tokens > 0 else attention
+    row = queries.mean(dim=-2)  # (..., patches)
     row = row / row.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(row.dtype).tiny)
     return row.reshape(*row.shape[:-1], *grid)  # (..., rows, cols)
 

@@ -152,6 +152,10 @@ def _gradcam(
     name = settings.gradcam_layer or default_gradcam_layer(model, images[:1])
     layer = _submodule(model, name)
     maps = LayerGradCam(model, layer).attribute(images, target=targets, relu_attributions=True)  # (B, 1, h, w)
+    if maps.ndim != 4:
+        raise ConfigError(
+            f"gradcam layer {name!r} outputs {tuple(maps.shape[1:])} per image, not a (channels, height, width) map"
+        )
     return LayerAttribution.interpolate(maps, tuple(images.shape[-2:]), "bilinear")[:, 0]  # (B, H, W)
 
 
@@ -172,7 +176,7 @@ def default_gradcam_layer(model: nn.Module, image: torch.Tensor) -> str:
     attention reads), for a ViT the patch embedding.
 
     Raises:
-        ValueError: If no such module runs.
+        ConfigError: If no such module runs.
     """
     order: list[str] = []
     handles = []
@@ -194,7 +198,10 @@ def default_gradcam_layer(model: nn.Module, image: torch.Tensor) -> str:
         for handle in handles:
             handle.remove()
     if not order:
-        raise ValueError(f"{type(model).__name__} runs no convolution with a spatial output: name a gradcam layer")
+        raise ConfigError(
+            f"{type(model).__name__} runs no convolution with a spatial output: name one with --gradcam-layer, "
+            "or leave gradcam out of --methods"
+        )
     return order[-1]
 
 

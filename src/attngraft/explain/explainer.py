@@ -7,6 +7,7 @@ rollout of each transformer's token blocks (class token → patches), and the qu
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,8 +32,9 @@ from attngraft.explain.attention import (
 )
 from attngraft.explain.attribution import METHODS, AttributionSettings, ClassLogits, attribute
 from attngraft.explain.figures import Panel, Row, displayable, draw_rows
-from attngraft.explain.inputs import Sample, data_settings, file_samples, load_network, official_test_samples
+from attngraft.explain.inputs import Sample, data_settings, file_samples, load_checkpoint, official_test_samples
 
+logger = logging.getLogger(__name__)
 ATTENTION = "attention"
 DEFAULT_METHODS = ("ig", "saliency", "occlusion", "gradcam", ATTENTION)
 BATCH_SIZE = 16
@@ -85,15 +87,34 @@ class Explanation:
 def explain_images(network: nn.Module, images: torch.Tensor, settings: ExplainSettings) -> list[Explanation]:
     """Attributions and attention maps of the predicted class of every image.
 
+    The network runs in eval mode on its own device; its mode is restored afterwards. The attribution baseline is
+    ``settings.attribution.baseline`` (0 unless set; :func:`with_black_baseline` sets the black image, as the
+    command does). Maps come back on the CPU.
+
     Shape:
         - images: (B, C, H, W), normalised as in training.
+
+    Returns:
+        One :class:`Explanation` per image.
     """
-    model = ClassLogits(network).eval()
+    check_query(settings, images.shape[-2:])
+    was_training = network.training
+    parameter = next(network.parameters(), None)
+    images = images.to(parameter.device) if parameter is not None else images
+    try:
+        return _explain(ClassLogits(network).eval(), images, settings)
+    finally:
+        network.train(was_training)
+
+
+def _explain(model: nn.Module, images: torch.Tensor, settings: ExplainSettings) -> list[Explanation]:
     logits, records = record(model, images) if ATTENTION in settings.methods else (_logits(model, images), [])
-    probabilities = logits.float().softmax(dim=-1)
+    if ATTENTION in settings.methods and not records:
+        logger.warning("attention: the network has no attngraft attention block to record (only those are drawn)")
+    probabilities = logits.float().softmax(dim=-1).cpu()
     predictions = probabilities.argmax(dim=-1)
     attributions = {
-        method: attribute(model, images, predictions, method, settings.attribution)
+        method: attribute(model, images, predictions.to(images.device), method, settings.attribution).cpu()
         for method in settings.methods
         if method != ATTENTION
     }
@@ -106,7 +127,7 @@ def explain_images(network: nn.Module, images: torch.Tensor, settings: ExplainSe
     ]
     queries = _query_pixels(model, images, predictions, attributions, settings) if _map_records(records) else None
     for index, extra in enumerate(attention_panels(records, images.shape[-2:], queries, settings)):
-        panels[index] += extra
+        panels[index] += [Panel(panel.title, panel.values.cpu(), panel.sign, panel.marker) for panel in extra]
     return [
         Explanation(
             int(predictions[index]),
@@ -118,12 +139,23 @@ def explain_images(network: nn.Module, images: torch.Tensor, settings: ExplainSe
     ]
 
 
+def check_query(settings: ExplainSettings, image_size: Sequence[int]) -> None:
+    """Raises :class:`ConfigError` when the settings' query pixel lies outside images of ``image_size``."""
+    if settings.query is None:
+        return
+    (row, col), (height, width) = settings.query, image_size
+    if not (0 <= row < height and 0 <= col < width):
+        raise ConfigError(f"--query {row},{col} is outside the {height}×{width} image")
+
+
 def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Class logits without gradients (when no attention is recorded)."""
     with torch.no_grad():
         return model(images)
 
 
 def _map_records(records: Sequence[AttentionRecord]) -> list[AttentionRecord]:
+    """The records of map blocks (local, window, non-local), in forward order."""
     return [entry for entry in records if entry.kind != "tokens"]
 
 
@@ -135,15 +167,12 @@ def _query_pixels(
     settings: ExplainSettings,
 ) -> torch.Tensor:
     """(B, 2) query pixels: the setting, else the pixel of largest absolute attribution (saliency if none ran)."""
-    height, width = images.shape[-2:]
+    width = images.shape[-1]
     if settings.query is not None:
-        row, col = settings.query
-        if not (0 <= row < height and 0 <= col < width):
-            raise ConfigError(f"--query {row},{col} is outside the {height}×{width} image")
-        return torch.tensor([[row, col]] * len(images))
+        return torch.tensor([list(settings.query)] * len(images))
     maps = next(iter(attributions.values()), None)
     if maps is None:
-        maps = attribute(model, images, predictions, "saliency", settings.attribution)
+        maps = attribute(model, images, predictions.to(images.device), "saliency", settings.attribution).cpu()
     flat = maps.abs().flatten(1).argmax(dim=1)  # (B,)
     return torch.stack([flat // width, flat % width], dim=1)
 
@@ -168,6 +197,7 @@ def attention_panels(
 
 
 def _add(panels: list[list[Panel]], titled_maps: Iterator[TitledMaps]) -> None:
+    """Appends each image's map of every titled batch of maps to that image's panels."""
     for title, maps, markers in titled_maps:
         for index, values in enumerate(maps):
             marker = None if markers is None else (int(markers[index, 0]), int(markers[index, 1]))
@@ -193,14 +223,15 @@ def _token_groups(records: Sequence[AttentionRecord]) -> list[list[AttentionReco
 
 
 def _encoder(name: str) -> str:
-    """The module path up to the layer index (``a.blocks.3.mixer`` → ``a.blocks``)."""
-    match = re.match(r"(.*?)\.\d+\.", name)
+    """The module path up to the last layer index (``stages.1.blocks.3.mixer`` → ``stages.1.blocks``)."""
+    match = re.match(r"(.*)\.\d+\.", name)
     return match.group(1) if match else name.rpartition(".")[0]
 
 
 def _token_panels(
     group: list[AttentionRecord], size: tuple[int, int], settings: ExplainSettings
 ) -> Iterator[TitledMaps]:
+    """One transformer's rollout; with ``layers`` each layer's own map, with ``heads`` per-head maps."""
     first = group[0]
     layers = [entry.probabilities.float() for entry in group]
     combined = token_map(rollout(layers), first.prefix_tokens, first.map_size)  # (B, rows, cols)
@@ -220,6 +251,7 @@ def _token_panels(
 def _query_panels(
     entry: AttentionRecord, size: tuple[int, int], queries: torch.Tensor, settings: ExplainSettings
 ) -> Iterator[TitledMaps]:
+    """A map block's distribution for each image's query pixel (mean over heads; with ``heads`` each head)."""
     positions = torch.tensor([map_position((int(row), int(col)), size, entry.map_size) for row, col in queries])
     maps = query_map(entry, positions).float()  # (B, heads, h, w)
     yield f"{short_name(entry.name)} (query +)", to_image(maps.mean(dim=1), size), queries
@@ -253,7 +285,10 @@ def write_explanations(
     Returns:
         The figures written.
     """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file is there; the figures need a directory")
     if samples:
+        check_query(settings, samples[0].image.shape[-2:])
         settings = with_black_baseline(settings, statistics, samples[0].image.shape[0])
     results: list[tuple[Sample, Explanation]] = []
     batches = [samples[start : start + BATCH_SIZE] for start in range(0, len(samples), BATCH_SIZE)]
@@ -359,9 +394,10 @@ def explain_checkpoint(
     Returns:
         The figures written.
     """
-    network = load_network(checkpoint)
+    network, arguments = load_checkpoint(checkpoint)
     data = data_settings(config, checkpoint) | ({"data_dir": data_dir} if data_dir else {})
     datamodule = ImageDataModule(**data, num_workers=0, cache_images=False)
+    _check_fit(arguments, datamodule, checkpoint, config)
     if paths:
         samples = file_samples(paths, datamodule)
         classes = _classes_if_found(datamodule)
@@ -378,6 +414,23 @@ def explain_checkpoint(
         per_class=bool(per_class) and not paths,
         progress=progress,
     )
+
+
+def _check_fit(
+    arguments: dict[str, Any], datamodule: ImageDataModule, checkpoint: str | Path, config: str | Path | None
+) -> None:
+    """Raises :class:`ConfigError` when the data's channels or classes differ from what the network was built for."""
+    expected = (arguments.get("in_chans"), arguments.get("num_classes"))
+    if datamodule.spec.num_classes is None:  # image folders know their classes once read
+        return
+    found = (datamodule.num_channels, datamodule.num_classes)
+    if expected != found:
+        source = config or "its run's config.yaml (or the defaults: fashion-mnist)"
+        raise ConfigError(
+            f"checkpoint {checkpoint} was trained on {expected[0]}-channel images of {expected[1]} classes, but the "
+            f"data of {source} ({datamodule.spec.name}) gives {found[0]} channels and {found[1]} classes: "
+            "pass the run's --config"
+        )
 
 
 def display_statistics(datamodule: ImageDataModule) -> tuple[tuple[float, ...], tuple[float, ...]]:

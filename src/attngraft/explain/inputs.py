@@ -21,7 +21,9 @@ from torch import nn
 
 from attngraft.data.datamodule import ImageDataModule
 from attngraft.errors import ConfigError, WeightsError, WeightsNotFoundError
+from attngraft.grafting.spec import load_spec
 from attngraft.train.module import ImageClassifier
+from attngraft.train.network import SPEC_SUFFIXES
 
 # The data settings that decide what the network sees; loader and training settings do not matter here.
 DATA_KEYS = ("dataset", "data_dir", "image_size", "channels", "normalize", "val_size", "split_seed")
@@ -52,7 +54,40 @@ def load_network(checkpoint: str | Path) -> nn.Module:
         WeightsNotFoundError: If the file does not exist.
         WeightsError: If it is not a weights-only checkpoint of an attngraft classifier, or its weights do not fit.
     """
+    return load_checkpoint(checkpoint)[0]
+
+
+def load_checkpoint(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained network of an ``attngraft fit`` checkpoint (eval mode, CPU) and the classifier's arguments.
+
+    Raises:
+        WeightsNotFoundError: If the file does not exist.
+        WeightsError: If it is not a weights-only checkpoint of an attngraft classifier, or its weights do not fit.
+    """
     path = Path(checkpoint)
+    content = _read_checkpoint(path)
+    arguments = offline_arguments(content["hyper_parameters"])
+    network = ImageClassifier(**arguments).network
+    state = {
+        key.removeprefix("network."): value
+        for key, value in content.get("state_dict", {}).items()
+        if key.startswith("network.")
+    }
+    try:
+        result = network.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a tensor of another shape
+        raise WeightsError(
+            f"checkpoint {path}: its weights do not fit the network its hyperparameters build: {error}"
+        ) from None
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsError(
+            f"checkpoint {path}: its weights do not fit the network its hyperparameters build "
+            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+    return network.eval(), arguments
+
+
+def _read_checkpoint(path: Path) -> Mapping[str, Any]:
     if not path.is_file():
         raise WeightsNotFoundError(f"checkpoint {path} does not exist")
     try:
@@ -66,32 +101,25 @@ def load_network(checkpoint: str | Path) -> nn.Module:
         raise WeightsError(f"checkpoint {path} is corrupt or not a torch file: {error}") from None
     if not isinstance(content, Mapping) or not isinstance(content.get("hyper_parameters"), Mapping):
         raise WeightsError(f"checkpoint {path} has no hyper_parameters: expected a checkpoint of `attngraft fit`")
-    classifier = ImageClassifier(**_offline_hyperparameters(content["hyper_parameters"]))
-    state = {
-        key.removeprefix("network."): value
-        for key, value in content.get("state_dict", {}).items()
-        if key.startswith("network.")
-    }
-    result = classifier.network.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise WeightsError(
-            f"checkpoint {path}: its weights do not fit the network its hyperparameters build "
-            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
-        )
-    return classifier.network.eval()
+    return content
 
 
-def _offline_hyperparameters(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
-    """The classifier's arguments with every weights file and the teacher left out (the checkpoint has the weights).
+def offline_arguments(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """:class:`ImageClassifier` arguments that rebuild a trained network without reading any weights file.
 
-    Entries the classifier does not take (LightningCLI adds ``_instantiator``) are dropped.
+    Backbone and teacher weights, the teacher itself and compilation are switched off (the trained weights come
+    separately); a graft spec's ``weights`` (inline or in its YAML file) becomes null. Entries the classifier does
+    not take (LightningCLI adds ``_instantiator``) are dropped.
     """
     accepted = inspect.signature(ImageClassifier.__init__).parameters
     arguments = {key: value for key, value in hyperparameters.items() if key in accepted and key != "self"}
     arguments.update(backbone_weights=None, teacher=None, teacher_weights=None, distillation=None, compile=False)
     network = arguments.get("network")
+    if isinstance(network, str) and network.endswith(SPEC_SUFFIXES):
+        network = load_spec(network)
     if isinstance(network, Mapping) and "weights" in network:
-        arguments["network"] = {**network, "weights": None}
+        network = {**network, "weights": None}
+    arguments["network"] = network
     return arguments
 
 
@@ -140,12 +168,16 @@ def official_test_samples(datamodule: ImageDataModule, count: int, per_class: in
 def file_samples(paths: Sequence[str | Path], datamodule: ImageDataModule) -> list[Sample]:
     """Image files, converted as the data module converts its images (grey or RGB, resized, normalised).
 
+    Files are resized to the data module's ``image_size``, else to the dataset's image size. Samples are named by
+    the file's stem (``shoe``, then ``shoe_2`` for a second ``shoe.*``).
+
     Raises:
-        ConfigError: For a missing or unreadable file, naming it.
+        ConfigError: For a missing or unreadable file, naming it, or files of different sizes that nothing resizes.
     """
     channels = len(datamodule.spec.mean)
     native = datamodule.spec.image_shape
-    samples = []
+    samples: list[Sample] = []
+    names: set[str] = set()
     for entry in paths:
         path = Path(entry)
         try:
@@ -155,5 +187,22 @@ def file_samples(paths: Sequence[str | Path], datamodule: ImageDataModule) -> li
             raise ConfigError(f"image {path}: cannot read it as an image: {error}") from None
         if native is not None and datamodule.image_size is None and picture.size != (native[2], native[1]):
             picture = picture.resize((native[2], native[1]), Image.Resampling.BILINEAR)
-        samples.append(Sample(path.stem, datamodule.eval_transform(picture), None))
+        image = datamodule.eval_transform(picture)
+        if samples and image.shape != samples[0].image.shape:
+            raise ConfigError(
+                f"image {path}: {tuple(image.shape)} after the data's transform, but {samples[0].name} is "
+                f"{tuple(samples[0].image.shape)}: set data.image_size in the --config to resize them alike"
+            )
+        name = _unique(path.stem, names)
+        samples.append(Sample(name, image, None))
     return samples
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_2``, ``name_3``, ... when taken; the result is added to ``taken``."""
+    candidate, number = name, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{name}_{number}"
+    taken.add(candidate)
+    return candidate

@@ -31,6 +31,7 @@ from typing_extensions import override
 from attngraft._io import write_json
 from attngraft.data.datamodule import ImageDataModule
 from attngraft.errors import AttngraftError, ConfigError
+from attngraft.explain.inputs import offline_arguments
 from attngraft.grafting.weights import read_state_dict, save_weights
 from attngraft.study.config import Run
 from attngraft.study.measure import cpu_latency, model_costs
@@ -217,7 +218,10 @@ def trained_network(run: Run, directory: Path) -> tuple[torch.nn.Module, ImageDa
     if datamodule.spec.num_classes is None:
         datamodule.prepare_data()
         datamodule.setup("test")
-    network = _classifier(run, datamodule, None).network
+    # Built without reading any weights file (backbone, teacher): every weight comes from the run's own file.
+    arguments = {"network": run.cell.network, **run.cell.training}
+    arguments |= {"num_classes": datamodule.num_classes, "in_chans": datamodule.num_channels}
+    network = ImageClassifier(**offline_arguments(arguments)).network
     network.load_state_dict(read_state_dict(directory / WEIGHTS_FILE))
     return network.eval(), datamodule
 

@@ -41,7 +41,6 @@ from typing import Any
 import yaml
 
 from attngraft.errors import ConfigError, UnknownNameError
-from attngraft.explain import METHODS
 from attngraft.registry import unknown_name_message
 
 STUDY_KEYS = ("description", "data", "training", "trainer", "measure", "explain", "datasets", "profiles", "cells")
@@ -284,6 +283,8 @@ def resolve_study(
 
 def _explain(section: object, where: str) -> tuple[int, str]:
     """The attribution figure's image count and method (report settings: they do not change any run)."""
+    from attngraft.explain.attribution import METHODS  # Captum and matplotlib load only for a study
+
     explain = _mapping(section, f"{where}: explain")
     _reject_unknown(f"{where}: explain", explain, EXPLAIN_KEYS)
     images, method = explain.get("images", 4), explain.get("method", "ig")

@@ -13,7 +13,7 @@ import logging
 import shutil
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +121,7 @@ def run_study(study: Study, options: StudyOptions) -> list[dict[str, Any]]:
         for run in runs:
             bar.set_description(run.key)
             rows.append(_run_once(study, run, out, options, feature_store))
-            _write_results(study, out, rows, info, runs)
+            _write_results(study, out, rows, info, runs, complete=options.cells is None)
             bar.update(1)
     return rows
 
@@ -187,18 +187,18 @@ def _with_data_dir(run: Run, data_dir: str) -> Run:
 
 
 def _write_results(
-    study: Study, out: Path, rows: list[dict[str, Any]], info: dict[str, Any], runs: Sequence[Run]
+    study: Study, out: Path, rows: list[dict[str, Any]], info: dict[str, Any], runs: Sequence[Run], complete: bool
 ) -> None:
+    """Rewrites the tables and plots; once every run has finished (and ``complete``: all cells), the attributions."""
     summary = summarize(rows)
-    if len(rows) == len(runs):
-        _draw_attributions(study, out, runs)
     write_rows(out, rows)
     finished = _now()
     write_json(
         out / "results.json",
         {"study": study.name, "profile": study.profile, **info, "finished": finished, "rows": rows, "summary": summary},
     )
-    write_text(out / "results.md", results_markdown(study, summary, info, len(rows), len(runs), out))
+    drawn = _draw_attributions(study, out, runs) if complete and len(rows) == len(runs) else set()
+    write_text(out / "results.md", results_markdown(study, summary, info, len(rows), len(runs), drawn))
     latency = _plot_latency(summary)
     for dataset in dict.fromkeys(row["dataset"] for row in rows):
         if latency is not None:
@@ -211,18 +211,26 @@ def _write_results(
         plot_training_curves(curves, out / f"training_curves_{dataset}.png")
 
 
-def _draw_attributions(study: Study, out: Path, runs: Sequence[Run]) -> None:
-    """``attributions_<dataset>.png``: each cell's attributions on the first test images (first seed's runs)."""
+def _draw_attributions(study: Study, out: Path, runs: Sequence[Run]) -> set[str]:
+    """``attributions_<dataset>.png`` of every dataset: the cells' attributions (first seed); the datasets drawn.
+
+    A figure that fails (e.g. out of memory) is logged and left out: the tables are written already.
+    """
+    drawn: set[str] = set()
     if study.explain_images == 0:
-        return
+        return drawn
     for dataset in dict.fromkeys(run.dataset for run in runs):
         chosen = [run for run in runs if run.dataset == dataset and run.seed == study.seeds[0]]
         logger.info("%s: drawing %s attributions of %d models", dataset, study.explain_method, len(chosen))
-        models = []
-        for run in chosen:
-            network, datamodule = trained_network(run, out / run.key)
-            models.append((run.cell.label, network, datamodule))
-        plot_attributions(models, study.explain_images, study.explain_method, out / f"attributions_{dataset}.png")
+        try:
+            models = [(run.cell.label, *trained_network(run, out / run.key)) for run in chosen]
+            path = out / f"attributions_{dataset}.png"
+            plot_attributions(models, study.explain_images, study.explain_method, path)
+        except Exception as error:  # a figure must not cost the finished study its report
+            logger.warning("%s: the attributions figure failed: %s: %s", dataset, type(error).__name__, error)
+            continue
+        drawn.add(dataset)
+    return drawn
 
 
 def _plot_latency(summary: Sequence[dict[str, Any]]) -> str | None:
@@ -232,9 +240,14 @@ def _plot_latency(summary: Sequence[dict[str, Any]]) -> str | None:
 
 
 def results_markdown(
-    study: Study, summary: Sequence[dict[str, Any]], info: dict[str, Any], done: int, total: int, out: Path
+    study: Study,
+    summary: Sequence[dict[str, Any]],
+    info: dict[str, Any],
+    done: int,
+    total: int,
+    attributions: Collection[str] = (),
 ) -> str:
-    """``results.md``: what ran, where and how, then one table per dataset."""
+    """``results.md``: what ran, where and how, then one table per dataset (and its ``attributions`` figure)."""
     gpu = info.get("gpu") or "none"
     lines = [
         f"# Study `{study.name}`, profile `{study.profile}`",
@@ -259,7 +272,7 @@ def results_markdown(
         lines += ["", f"## {dataset}", "", markdown_table(summary, dataset), ""]
         lines += [f"![accuracy vs latency](accuracy_latency_{dataset}.png)"]
         lines += [f"![training curves](training_curves_{dataset}.png)"]
-        if (out / f"attributions_{dataset}.png").is_file():
+        if dataset in attributions:
             method = METHODS.get(study.explain_method).title
             lines += ["", f"{method} of each model's predicted class (seed {study.seeds[0]}, first test images):", ""]
             lines += [f"![attributions](attributions_{dataset}.png)"]
