@@ -181,6 +181,55 @@ def _run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_cost(args: argparse.Namespace) -> int:
+    from attngraft._io import write_json, write_text
+    from attngraft.study.cost import DESIGNS, available_memory_bytes, cost_notes, cost_rows, cost_table, plot_costs
+    from attngraft.study.measure import machine
+    from attngraft.study.report import write_rows
+
+    sizes = _positive_list(args.sizes, "--sizes")
+    designs = [name.strip() for name in args.blocks.split(",") if name.strip()] if args.blocks else DESIGNS.names()
+    for name in designs:
+        DESIGNS.get(name)  # unknown names list the valid ones
+    if args.dim < 1 or args.heads < 1 or args.dim % args.heads or args.measure_mib < 0:
+        raise ConfigError("--dim and --heads must be positive, --heads must divide --dim, --measure-mib >= 0")
+    budget = args.budget_gb * 2**30 if args.budget_gb is not None else available_memory_bytes()
+    rows = cost_rows(designs, sizes, dim=args.dim, heads=args.heads, measure_bytes=int(args.measure_mib * 2**20))
+    for row in rows:
+        row["fits_budget"] = row["attention_mib"] * 2**20 <= budget
+    out = Path(args.out)
+    table = cost_table(rows)
+    header = (
+        f"# Attention cost per layer and image (C = {args.dim}, {args.heads} heads, fp32)\n\n"
+        f"- Command: `{shlex.join(['attngraft', *args.argv])}`\n- Budget: {budget / 2**30:.1f} GiB; "
+        f"measured where the attention matrices fit {args.measure_mib:g} MiB\n"
+    )
+    notes = cost_notes(rows)
+    write_rows(out, rows)
+    write_json(
+        out / "results.json", {"dim": args.dim, "heads": args.heads, "budget_bytes": budget, **machine(), "rows": rows}
+    )
+    write_text(out / "results.md", header + "\n" + table + "\n\n" + notes + "\n\n![cost](cost.png)\n")
+    plot_costs(rows, out / "cost.png", budget / 2**20)
+    print(table)
+    print(notes)
+    first_over = {row["design"]: row["side"] for row in reversed(rows) if not row["fits_budget"]}  # smallest side
+    over = [f"{design} from R={side}" for design, side in sorted(first_over.items())]
+    print(f"over the {budget / 2**30:.1f} GiB budget: {', '.join(over) or 'none'}")
+    print(f"table, CSV/JSON and plot: {out}")
+    return 0
+
+
+def _positive_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated positive integers") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated positive integers")
+    return values
+
+
 def _explain_directory(checkpoint: Path) -> Path:
     """``runs/explain/<run>-<version>-<checkpoint>`` for ``runs/<run>/<version>/checkpoints/<checkpoint>.ckpt``."""
     if checkpoint.parent.name == "checkpoints":
@@ -257,6 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--data-dir", help="directory searched first for the dataset's files")
     explain.add_argument("--no-progress", action="store_true", help="no progress bar")
     explain.set_defaults(handler=_run_explain)
+
+    cost = commands.add_parser("cost", help="attention cost vs image size: formulas and measurements; table, plot")
+    cost.add_argument("--sizes", default="28,32,64,128,224", help="image sides R (default: 28,32,64,128,224)")
+    cost.add_argument("--blocks", help="designs (default: all: graph, local, non_local, pixel, vit, window)")
+    cost.add_argument("--dim", type=int, default=64, help="channels C (default: 64)")
+    cost.add_argument("--heads", type=int, default=8, help="attention heads (default: 8)")
+    cost.add_argument("--budget-gb", type=float, help="memory budget to mark (default: the machine's free memory)")
+    cost.add_argument("--measure-mib", type=float, default=512, help="measure sizes whose matrices fit (default 512)")
+    cost.add_argument("--out", default="runs/cost", help="output directory (default: runs/cost)")
+    cost.set_defaults(handler=_run_cost)
 
     for command, purpose in (
         ("fit", "train a recipe (LightningCLI: --config RECIPE.yaml, --trainer.max_epochs N, ...)"),
