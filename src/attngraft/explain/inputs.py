@@ -8,7 +8,6 @@ weights are in the checkpoint), then gets every weight of the checkpoint's ``net
 from __future__ import annotations
 
 import inspect
-import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 from attngraft.data.datamodule import ImageDataModule
 from attngraft.errors import ConfigError, WeightsError, WeightsNotFoundError
 from attngraft.grafting.spec import load_spec
+from attngraft.grafting.weights import load_torch_file
 from attngraft.train.module import ImageClassifier
 from attngraft.train.network import SPEC_SUFFIXES
 
@@ -90,15 +90,7 @@ def load_checkpoint(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 def _read_checkpoint(path: Path) -> Mapping[str, Any]:
     if not path.is_file():
         raise WeightsNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise WeightsError(
-            f"refused to load {path}: it holds pickled objects other than tensors and plain values "
-            f"({str(error).splitlines()[0]})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError, TypeError) as error:
-        raise WeightsError(f"checkpoint {path} is corrupt or not a torch file: {error}") from None
+    content = load_torch_file(path, "checkpoint")
     if not isinstance(content, Mapping) or not isinstance(content.get("hyper_parameters"), Mapping):
         raise WeightsError(f"checkpoint {path} has no hyper_parameters: expected a checkpoint of `attngraft fit`")
     return content

@@ -50,8 +50,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return safetensors.torch.load_file(path, device="cpu")
         except Exception as error:  # safetensors raises its own SafetensorError and OSError subclasses
             raise WeightsError(f"weights file {path} is not a valid safetensors file: {error}") from None
+    return _as_state_dict(load_torch_file(path, "weights file"), path)
+
+
+def load_torch_file(path: Path, kind: str) -> object:
+    """``torch.load(weights_only=True)`` of ``path`` on the CPU; nothing in the file runs as code.
+
+    Raises:
+        WeightsError: For pickled objects other than tensors and plain values (refused), or a corrupt file; the
+            message names the file as ``kind`` (e.g. "weights file", "checkpoint").
+    """
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise WeightsError(
             f"refused to load {path}: it holds pickled objects other than tensors, and loading them could run code "
@@ -59,8 +69,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "from a trusted environment."
         ) from None
     except (RuntimeError, EOFError, OSError, KeyError, ValueError, TypeError) as error:
-        raise WeightsError(f"weights file {path} is corrupt or not a torch file: {error}") from None
-    return _as_state_dict(content, path)
+        raise WeightsError(f"{kind} {path} is corrupt or not a torch file: {error}") from None
 
 
 def _as_state_dict(content: object, path: Path) -> dict[str, torch.Tensor]:

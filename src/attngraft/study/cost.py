@@ -177,8 +177,11 @@ def measured_cost(design: str, side: int, dim: int, heads: int) -> LayerCost:
     Runs the block once on a random input: use it only for sizes that fit in memory.
     """
     block, input_shape = DESIGNS.get(design).block(dim, heads)
+    return _entries_and_flops(block, input_shape(side))
+
+
+def _entries_and_flops(block: nn.Module, shape: tuple[int, ...]) -> LayerCost:
     block.eval()
-    shape = input_shape(side)
     with torch.no_grad(), record_attention(block) as records:
         block(torch.randn(*shape))
     entries = sum(probabilities.numel() for calls in records.values() for probabilities in calls)
@@ -195,13 +198,8 @@ def available_memory_bytes() -> int:
     return 8 * 2**30
 
 
-def saved_activation_bytes(design: str, side: int, dim: int, heads: int) -> int:
-    """Bytes of the tensors one training forward of the layer keeps for its backward (one image), measured.
-
-    Every tensor autograd saves is counted once (by storage), so the attention probabilities kept for the backward
-    show up here; runs the block, so use it only for sizes that fit.
-    """
-    block, input_shape = DESIGNS.get(design).block(dim, heads)
+def _saved_bytes(block: nn.Module, shape: tuple[int, ...]) -> int:
+    """Bytes of the tensors one training forward of ``block`` keeps for its backward, counted once per storage."""
     storages: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -210,7 +208,7 @@ def saved_activation_bytes(design: str, side: int, dim: int, heads: int) -> int:
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        block.train()(torch.randn(*input_shape(side), requires_grad=True))
+        block.train()(torch.randn(*shape, requires_grad=True))
     return sum(storages.values())
 
 
@@ -243,9 +241,12 @@ def cost_rows(
 
 
 def _measure(name: str, side: int, dim: int, heads: int, repeats: int) -> dict[str, Any]:
-    measured = measured_cost(name, side, dim, heads)
+    """The measured columns of one row; the block is built once and serves every measurement."""
     block, input_shape = DESIGNS.get(name).block(dim, heads)
-    images = torch.randn(*input_shape(side), requires_grad=True)
+    shape = input_shape(side)
+    measured = _entries_and_flops(block, shape)
+    saved = _saved_bytes(block, shape)
+    images = torch.randn(*shape, requires_grad=True)
 
     def step() -> None:
         block(images).sum().backward()
@@ -253,7 +254,7 @@ def _measure(name: str, side: int, dim: int, heads: int, repeats: int) -> dict[s
     return {
         "measured_entries": measured.entries,
         "measured_gflops": measured.flops / 1e9,
-        "saved_mib": saved_activation_bytes(name, side, dim, heads) / 2**20,
+        "saved_mib": saved / 2**20,
         "ms_forward_backward": median_ms(step, repeats),
     }
 
@@ -348,21 +349,10 @@ def plot_costs(rows: Sequence[dict[str, Any]], path: Path, budget_mib: float) ->
             [row["side"] for row in measured], [row["ms_forward_backward"] for row in measured], "o-", label=name
         )
     memory_axes.axhline(budget_mib, linestyle="--", color="grey")
-    memory_axes.set(
-        xscale="log",
-        yscale="log",
-        xlabel="image side R (pixels)",
-        ylabel="MiB per layer and image",
-        title="attention matrices (lines), saved for backward (points)",
-    )
-    time_axes.set(
-        xscale="log",
-        yscale="log",
-        xlabel="image side R (pixels)",
-        ylabel="ms",
-        title="one layer, forward + backward, CPU",
-    )
+    memory_axes.set(ylabel="MiB per layer and image", title="attention matrices (lines), saved for backward (points)")
+    time_axes.set(ylabel="ms", title="one layer, forward + backward, CPU")
     for axes in (memory_axes, time_axes):
+        axes.set(xscale="log", yscale="log", xlabel="image side R (pixels)")
         axes.grid(True, alpha=0.3, which="both")
     memory_axes.legend(fontsize=8)
     save_figure(figure, path)
