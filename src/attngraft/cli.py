@@ -182,41 +182,35 @@ def _run_explain(args: argparse.Namespace) -> int:
 
 
 def _run_cost(args: argparse.Namespace) -> int:
-    from attngraft._io import write_json, write_text
-    from attngraft.study.cost import DESIGNS, available_memory_bytes, cost_notes, cost_rows, cost_table, plot_costs
-    from attngraft.study.measure import machine
-    from attngraft.study.report import write_rows
+    import torch
+
+    from attngraft.study.cost import DESIGNS, CostConfig, check_side, design_name
+    from attngraft.study.cost_report import available_memory_bytes, cost_rows, write_cost_report
 
     sizes = _positive_list(args.sizes, "--sizes")
-    designs = [name.strip() for name in args.blocks.split(",") if name.strip()] if args.blocks else DESIGNS.names()
-    for name in designs:
-        DESIGNS.get(name)  # unknown names list the valid ones
-    if args.dim < 1 or args.heads < 1 or args.dim % args.heads or args.measure_mib < 0:
-        raise ConfigError("--dim and --heads must be positive, --heads must divide --dim, --measure-mib >= 0")
-    budget = args.budget_gb * 2**30 if args.budget_gb is not None else available_memory_bytes()
-    rows = cost_rows(designs, sizes, dim=args.dim, heads=args.heads, measure_bytes=int(args.measure_mib * 2**20))
-    for row in rows:
-        row["fits_budget"] = row["attention_mib"] * 2**20 <= budget
+    names = [name.strip() for name in args.blocks.split(",") if name.strip()] if args.blocks else DESIGNS.names()
+    designs = list(dict.fromkeys(design_name(name) for name in names))  # unknown names list the valid ones
+    if args.measure_mib < 0 or (args.budget_gb is not None and args.budget_gb <= 0):
+        raise ConfigError("--measure-mib must be at least 0 and --budget-gb positive")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    try:
+        config = CostConfig(args.dim, args.heads, args.patch, args.kernel, args.window)
+        for side in sizes:
+            check_side(side, config)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    budget = int(args.budget_gb * 2**30) if args.budget_gb is not None else available_memory_bytes(device)
+    measure_bytes = int(args.measure_mib * 2**20)
+    rows = cost_rows(designs, sizes, config, measure_bytes=measure_bytes, budget_bytes=budget, device=device)
     out = Path(args.out)
-    table = cost_table(rows)
-    header = (
-        f"# Attention cost per layer and image (C = {args.dim}, {args.heads} heads, fp32)\n\n"
-        f"- Command: `{shlex.join(['attngraft', *args.argv])}`\n- Budget: {budget / 2**30:.1f} GiB; "
-        f"measured where the attention matrices fit {args.measure_mib:g} MiB\n"
+    command = shlex.join(["attngraft", *args.argv])
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     )
-    notes = cost_notes(rows)
-    write_rows(out, rows)
-    write_json(
-        out / "results.json", {"dim": args.dim, "heads": args.heads, "budget_bytes": budget, **machine(), "rows": rows}
-    )
-    write_text(out / "results.md", header + "\n" + table + "\n\n" + notes + "\n\n![cost](cost.png)\n")
-    plot_costs(rows, out / "cost.png", budget / 2**20)
-    print(table)
-    print(notes)
-    first_over = {row["design"]: row["side"] for row in reversed(rows) if not row["fits_budget"]}  # smallest side
-    over = [f"{design} from R={side}" for design, side in sorted(first_over.items())]
-    print(f"over the {budget / 2**30:.1f} GiB budget: {', '.join(over) or 'none'}")
-    print(f"table, CSV/JSON and plot: {out}")
+    print(write_cost_report(out, rows, config=config, budget_bytes=budget, command=command, device=device_name))
+    print(f"table, CSV/JSON and plots: {out}")
     return 0
 
 
@@ -309,11 +303,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     cost = commands.add_parser("cost", help="attention cost vs image size: formulas and measurements; table, plot")
     cost.add_argument("--sizes", default="28,32,64,128,224", help="image sides R (default: 28,32,64,128,224)")
-    cost.add_argument("--blocks", help="designs (default: all: graph, local, non_local, pixel, vit, window)")
+    cost.add_argument(
+        "--blocks",
+        help="designs (default: all: graph, local, local_relation, mhsa (alias pixel_vit), non_local, vit, window)",
+    )
     cost.add_argument("--dim", type=int, default=64, help="channels C (default: 64)")
-    cost.add_argument("--heads", type=int, default=8, help="attention heads (default: 8)")
-    cost.add_argument("--budget-gb", type=float, help="memory budget to mark (default: the machine's free memory)")
-    cost.add_argument("--measure-mib", type=float, default=512, help="measure sizes whose matrices fit (default 512)")
+    cost.add_argument("--heads", type=int, default=8, help="attention heads, the relation layer's groups (default: 8)")
+    cost.add_argument("--patch", type=int, default=4, help="ViT patch side p (default: 4)")
+    cost.add_argument("--kernel", type=int, default=7, help="local attention's odd kernel side k (default: 7)")
+    cost.add_argument("--window", type=int, default=7, help="Swin window side w (default: 7)")
+    cost.add_argument("--budget-gb", type=float, help="memory budget to mark (default: the device's free memory)")
+    cost.add_argument(
+        "--measure-mib", type=float, default=512, help="measure sizes whose matrices and activations fit (default 512)"
+    )
+    cost.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to measure (auto: GPU if any)"
+    )
     cost.add_argument("--out", default="runs/cost", help="output directory (default: runs/cost)")
     cost.set_defaults(handler=_run_cost)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from attngraft.blocks import BLOCKS, ResidualGate, create_block, list_blocks, record_attention
+from attngraft.blocks.local import windows_only
 from attngraft.errors import UnknownNameError
 
 from .conftest import DIM, make_block, make_input, randomise_parameters
@@ -133,3 +135,27 @@ def test_list_blocks_by_layout() -> None:
     assert {"mhsa", "graph", "reattention"} <= set(tokens)
     assert {"non_local", "window", "se", "eca", "cbam"} <= set(maps)
     assert sorted(tokens + maps) == list_blocks()
+
+
+class _Multiplies(TorchDispatchMode):
+    """Counts the elements of every elementwise multiply (``mul``, ``pow``) dispatched under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.mul, torch.ops.aten.pow):
+            self.count += out.numel()
+        return out
+
+
+@pytest.mark.parametrize("name", [name for name in list_blocks() if BLOCKS.get(name).family == "local"])
+def test_attention_flops_count_the_elementwise_multiply_adds_of_k_by_k_blocks(name: str) -> None:
+    """``flop_counter`` cannot see elementwise attention: the block's own count must equal 2 × its multiplies."""
+    block = make_block(name).eval()
+    x = make_input(block)
+    with torch.no_grad(), windows_only(), _Multiplies() as multiplies:
+        block(x)
+    assert block.attention_flops(x.shape) == 2 * multiplies.count > 0

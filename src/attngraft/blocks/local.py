@@ -117,11 +117,16 @@ def logits(
     return content + relative + bias
 
 
-def _total(terms: list[torch.Tensor]) -> torch.Tensor:
-    """The sum of same-shape tensors, as a chain of adds (which Inductor fuses into one loop)."""
-    total = terms[0]
-    for term in terms[1:]:
-        total = total + term
+def _sum_over_offsets(kernel_size: int, term: Callable[[int, int, int], torch.Tensor]) -> torch.Tensor:
+    """Σ over the k² window offsets of ``term(index, row, col)``, as a chain of adds.
+
+    Each term is added as soon as it is made, so eagerly at most two are alive at once (a list of all k² terms
+    would hold k² output-sized tensors); Inductor fuses the chain into one loop either way.
+    """
+    offsets = _offsets(kernel_size)
+    total = term(0, *offsets[0])
+    for index, (row, col) in enumerate(offsets[1:], start=1):
+        total = total + term(index, row, col)
     return total
 
 
@@ -129,11 +134,10 @@ def aggregate(weights: torch.Tensor, values: torch.Tensor, kernel_size: int) -> 
     """Σ_ab w_ab v_ab: weights (b, heads, k², H, W) and values (b, heads, d, H, W) → (b, heads, d, H, W)."""
     height, width = values.shape[-2:]
     padded = _pad(values, kernel_size)
-    terms = [
-        weights[:, :, index : index + 1] * _window(padded, row, col, height, width)
-        for index, (row, col) in enumerate(_offsets(kernel_size))
-    ]
-    return _total(terms)
+    return _sum_over_offsets(
+        kernel_size,
+        lambda index, row, col: weights[:, :, index : index + 1] * _window(padded, row, col, height, width),
+    )
 
 
 def _scatter_back(weights: torch.Tensor, values: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -145,12 +149,13 @@ def _scatter_back(weights: torch.Tensor, values: torch.Tensor, kernel_size: int)
     height, width = values.shape[-2:]
     last = kernel_size - 1
     padded_weights, padded_values = _pad(weights, kernel_size), _pad(values, kernel_size)
-    terms = [
-        _window(padded_weights[:, :, index : index + 1], last - row, last - col, height, width)
-        * _window(padded_values, last - row, last - col, height, width)
-        for index, (row, col) in enumerate(_offsets(kernel_size))
-    ]
-    return _total(terms)
+    return _sum_over_offsets(
+        kernel_size,
+        lambda index, row, col: (
+            _window(padded_weights[:, :, index : index + 1], last - row, last - col, height, width)
+            * _window(padded_values, last - row, last - col, height, width)
+        ),
+    )
 
 
 def _probabilities(
@@ -463,9 +468,12 @@ class LocalSelfAttention(Block):
 
     @override
     def attention_flops(self, input_shape: torch.Size) -> int:
-        """q·k, q·r and Σ p·v over each k×k window, 2 FLOPs per multiply-add."""
+        """q·k and Σ p·v over each k×k window, 2 FLOPs per multiply-add.
+
+        The relative logits q·r are two einsums over k row and k column offsets, which the counter sees itself.
+        """
         batch, _, height, width = input_shape
-        return 2 * 3 * batch * height * width * self.out_dim * self.kernel_size**2
+        return 2 * 2 * batch * height * width * self.out_dim * self.kernel_size**2
 
     @override
     def extra_repr(self) -> str:

@@ -79,6 +79,12 @@ class LocalRelation(Block):
         self.probe = AttentionProbe()
 
     @override
+    def attention_flops(self, input_shape: torch.Size) -> int:
+        """(q − k)² per group and Σ ω·x per channel over each k×k neighbourhood, 2 FLOPs per multiply-add."""
+        batch, channels, height, width = input_shape
+        return 2 * batch * height * width * self.kernel_size**2 * (self.groups + channels)
+
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         batch, channels, height, width = x.shape
@@ -151,9 +157,12 @@ class LocalStem(Block):
 
     @override
     def attention_flops(self, input_shape: torch.Size) -> int:
-        """q·k, q·r and Σ p·v over each k×k window, 2 FLOPs per multiply-add (the value mixing is an einsum)."""
+        """q·k and Σ p·v over each k×k window, 2 FLOPs per multiply-add.
+
+        The relative logits q·r and the value mixing are einsums, which the counter sees itself.
+        """
         batch, _, height, width = input_shape
-        return 2 * 3 * batch * height * width * self.out_dim * self.kernel_size**2
+        return 2 * 2 * batch * height * width * self.out_dim * self.kernel_size**2
 
     def mixture_weights(self, height: int, width: int) -> torch.Tensor:
         """p(a, b, m) for every pixel of an H×W map: (m, H, W), summing to 1 over m."""

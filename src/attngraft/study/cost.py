@@ -1,61 +1,102 @@
 """The cost of one attention layer as the image grows: analytic formulas, checked against the blocks themselves.
 
-For an image side R (N = R² pixels), channels C and h heads, one layer on one image:
+For an image side R (N = R² pixels), channels C, h heads (groups G = h for the relation layer), patch p, kernel k,
+window w, one layer on one image, fp32:
 
-=============  ===============================  ==========================================
-design         attention-matrix entries         forward FLOPs (2 per multiply-add)
-=============  ===============================  ==========================================
-pixel (mhsa)   h·N²                             8NC² + 4N²C
-graph (pixel)  h·N²                             4NC² + 4NC + 2N²C
-vit, patch p   h·T², T = (R/p)² + 1             8TC² + 4T²C
-local, k×k     h·N·k²                           6NC² + 6NCk²
-window, w×w    h·P·w², P = (⌈R/w⌉·w)²           8PC² + 4PCw²
-non_local      N²                               4NC² + 2N²C
-=============  ===============================  ==========================================
+==============  ==========================  ==============================  ====================================
+design          attention-matrix entries    forward FLOPs (2 per mult-add)  activations kept for the backward
+==============  ==========================  ==============================  ====================================
+mhsa (pixels)   h·N²                        8NC² + 4N²C                     5NC + hN
+vit, patch p    h·T², T = (R/p)² + 1        8TC² + 4T²C                     5TC + hT
+graph           h·N²                        4NC² + 4NC + 2N²C               3NC + 2hN²
+local, k×k      h·N·k²                      6NC² + 4NCk² + 2NCk             5NC + Nk² + hN
+local_relation  G·N·k²                      4NCG + 2Nk²(G + C) + g          NC + 2GNk² + CNk² + 32k²
+window, w×w     h·P·w², P = (⌈R/w⌉·w)²      8PC² + 4PCw²                    7PC + hPw²
+non_local       N²                          4NC² + 2N²C                     4NC + N² + 2C
+==============  ==========================  ==============================  ====================================
 
-The pixel designs grow as R⁴, the windowed ones as R². This module is the first step of ``attngraft cost``: the
-formulas and the measured counts they are tested against (entries from the recorded probabilities, exact; FLOPs
-from ``torch.utils.flop_counter``, exact except ``local``: +2.9% at C = 32, k = 7, because the block's relative
-logits go through an einsum the counter sees beside the block's own k×k formula).
+(g: the relation layer's geometry network on the k² offsets, 2k²·32·(2 + G).) The pixel designs grow as R⁴, the
+windowed ones as R². Activations are the elements autograd keeps for the backward, parameters excluded, as the
+blocks are written: fused attention (mhsa, vit: ``scaled_dot_product_attention``; local: its own kernel) keeps the
+log-sum-exp per query instead of the matrix and recomputes it in the backward; graph keeps scores and
+probabilities; window keeps its bias-and-mask matrix; the relation layer keeps every pixel's unfolded k×k
+neighbourhood (C·k² per pixel).
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from attngraft._figures import pyplot, save_figure
 from attngraft.blocks import create_block, record_attention
+from attngraft.errors import UnknownNameError
 from attngraft.models.cost import flops
-from attngraft.registry import Registry
-from attngraft.study.measure import median_ms
+from attngraft.registry import Registry, unknown_name_message
 
-BYTES_PER_ENTRY = 4  # fp32
+BYTES_PER_ELEMENT = 4  # fp32
+GEOMETRY_HIDDEN = 32  # the relation layer's default geometry network width
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """The layer every design is costed with.
+
+    Attributes:
+        dim: Channels C.
+        heads: Attention heads h (the relation layer's groups).
+        patch: ViT patch side p.
+        kernel: Local attention's odd kernel side k.
+        window: Swin window side w.
+
+    Raises:
+        ValueError: On a setting no block accepts, naming it.
+    """
+
+    dim: int = 64
+    heads: int = 8
+    patch: int = 4
+    kernel: int = 7
+    window: int = 7
+
+    def __post_init__(self) -> None:
+        if min(self.dim, self.heads, self.patch, self.kernel, self.window) < 1:
+            raise ValueError("dim, heads, patch, kernel and window must be positive")
+        if self.dim % self.heads or (self.dim // self.heads) % 2:
+            raise ValueError(
+                f"heads={self.heads} must divide dim={self.dim} into an even head dim (local attention splits it "
+                "between row and column offsets)"
+            )
+        if self.kernel % 2 == 0:
+            raise ValueError(f"kernel={self.kernel} must be odd (a pixel's window is centred on it)")
 
 
 @dataclass(frozen=True)
 class LayerCost:
-    """One layer's analytic cost on one image.
+    """One layer's cost on one image.
 
     Attributes:
         entries: Attention-matrix entries (all heads).
         flops: Forward FLOPs of the layer (projections and attention; not norms, softmax or the MLP).
+        activations: Elements kept for the backward, parameters excluded.
     """
 
     entries: int
     flops: int
+    activations: int
 
     @property
     def attention_bytes(self) -> int:
-        """Memory of the attention matrices in fp32."""
-        return self.entries * BYTES_PER_ENTRY
+        """Memory of the attention matrices, materialised in fp32."""
+        return self.entries * BYTES_PER_ELEMENT
+
+    @property
+    def activation_bytes(self) -> int:
+        """Memory kept for the backward in fp32."""
+        return self.activations * BYTES_PER_ELEMENT
 
 
 @dataclass(frozen=True)
@@ -63,296 +104,229 @@ class Design:
     """An attention design: its analytic cost and the block that realises it.
 
     Attributes:
-        title: Display name.
-        cost: ``(side, dim, heads) → LayerCost``.
-        block: ``(dim, heads) → (block, input shape for side)``: the block and a function of the side giving its input.
+        title: ``config → display name``.
+        cost: ``(side, config) → LayerCost``.
+        block: ``config → block``.
+        input_shape: ``(side, config) → the block's input shape`` for one image.
     """
 
-    title: str
-    cost: Callable[[int, int, int], LayerCost]
-    block: Callable[[int, int], tuple[nn.Module, Callable[[int], tuple[int, ...]]]]
+    title: Callable[[CostConfig], str]
+    cost: Callable[[int, CostConfig], LayerCost]
+    block: Callable[[CostConfig], nn.Module]
+    input_shape: Callable[[int, CostConfig], tuple[int, ...]]
 
 
 DESIGNS: Registry[Design] = Registry("attention design")
-PATCH_SIZE = 4
-KERNEL_SIZE = 7
-WINDOW_SIZE = 7
+ALIASES = {"pixel_vit": "mhsa"}  # the issue's and the literature's name for a transformer on pixels
+
+
+def design_name(name: str) -> str:
+    """The registered name of ``name`` (aliases resolved); unknown names raise with the valid ones listed."""
+    if name not in ALIASES and name not in DESIGNS.names():
+        raise UnknownNameError(unknown_name_message(DESIGNS.kind, name, [*DESIGNS.names(), *ALIASES]))
+    return ALIASES.get(name, name)
+
+
+def check_side(side: int, config: CostConfig) -> None:
+    """Raises ``ValueError`` when an image side is too small for the designs (a ViT needs one patch)."""
+    if side < config.patch:
+        raise ValueError(f"image side {side} is smaller than the patch side {config.patch}")
 
 
 def _pixels(side: int) -> int:
     return side * side
 
 
-def _tokens(channels: int) -> Callable[[int], tuple[int, ...]]:
-    return lambda side: (1, _pixels(side), channels)
+def _tokens(side: int, config: CostConfig) -> tuple[int, ...]:
+    return (1, _pixels(side), config.dim)
 
 
-def _map(channels: int) -> Callable[[int], tuple[int, ...]]:
-    return lambda side: (1, channels, side, side)
+def _map(side: int, config: CostConfig) -> tuple[int, ...]:
+    return (1, config.dim, side, side)
 
 
-def _pixel_cost(side: int, dim: int, heads: int) -> LayerCost:
-    pixels = _pixels(side)
-    return LayerCost(heads * pixels**2, 8 * pixels * dim**2 + 4 * pixels**2 * dim)
+def _vit_tokens(side: int, config: CostConfig) -> int:
+    return (side // config.patch) ** 2 + 1
 
 
-def _graph_cost(side: int, dim: int, heads: int) -> LayerCost:
-    pixels = _pixels(side)
-    return LayerCost(heads * pixels**2, 4 * pixels * dim**2 + 4 * pixels * dim + 2 * pixels**2 * dim)
+def _transformer_cost(tokens: int, config: CostConfig) -> LayerCost:
+    """Fused multi-head self-attention over ``tokens`` tokens: qkv and output projections, QKᵀ and PV."""
+    dim, heads = config.dim, config.heads
+    return LayerCost(heads * tokens**2, 8 * tokens * dim**2 + 4 * tokens**2 * dim, 5 * tokens * dim + heads * tokens)
 
 
-def _vit_cost(side: int, dim: int, heads: int) -> LayerCost:
-    tokens = (side // PATCH_SIZE) ** 2 + 1
-    return LayerCost(heads * tokens**2, 8 * tokens * dim**2 + 4 * tokens**2 * dim)
+def _graph_cost(side: int, config: CostConfig) -> LayerCost:
+    pixels, dim, heads = _pixels(side), config.dim, config.heads
+    return LayerCost(
+        heads * pixels**2,
+        4 * pixels * dim**2 + 4 * pixels * dim + 2 * pixels**2 * dim,
+        3 * pixels * dim + 2 * heads * pixels**2,
+    )
 
 
-def _local_cost(side: int, dim: int, heads: int) -> LayerCost:
-    pixels = _pixels(side)
-    return LayerCost(heads * pixels * KERNEL_SIZE**2, 6 * pixels * dim**2 + 6 * pixels * dim * KERNEL_SIZE**2)
+def _local_cost(side: int, config: CostConfig) -> LayerCost:
+    pixels, dim, heads, kernel = _pixels(side), config.dim, config.heads, config.kernel
+    return LayerCost(
+        heads * pixels * kernel**2,
+        6 * pixels * dim**2 + 4 * pixels * dim * kernel**2 + 2 * pixels * dim * kernel,
+        5 * pixels * dim + pixels * kernel**2 + heads * pixels,
+    )
 
 
-def _window_cost(side: int, dim: int, heads: int) -> LayerCost:
-    padded = (math.ceil(side / WINDOW_SIZE) * WINDOW_SIZE) ** 2
-    return LayerCost(heads * padded * WINDOW_SIZE**2, 8 * padded * dim**2 + 4 * padded * dim * WINDOW_SIZE**2)
+def _relation_cost(side: int, config: CostConfig) -> LayerCost:
+    pixels, dim, groups, taps = _pixels(side), config.dim, config.heads, config.kernel**2
+    geometry = 2 * taps * GEOMETRY_HIDDEN * (2 + groups)
+    return LayerCost(
+        groups * pixels * taps,
+        4 * pixels * dim * groups + 2 * pixels * taps * (groups + dim) + geometry,
+        pixels * dim + 2 * groups * pixels * taps + dim * pixels * taps + GEOMETRY_HIDDEN * taps,
+    )
 
 
-def _non_local_cost(side: int, dim: int, heads: int) -> LayerCost:
-    pixels = _pixels(side)
-    return LayerCost(pixels**2, 4 * pixels * dim**2 + 2 * pixels**2 * dim)
+def _window_cost(side: int, config: CostConfig) -> LayerCost:
+    window, dim, heads = config.window, config.dim, config.heads
+    padded = (math.ceil(side / window) * window) ** 2
+    return LayerCost(
+        heads * padded * window**2,
+        8 * padded * dim**2 + 4 * padded * dim * window**2,
+        7 * padded * dim + heads * padded * window**2,
+    )
 
 
-def _vit_input(dim: int) -> Callable[[int], tuple[int, ...]]:
-    return lambda side: (1, (side // PATCH_SIZE) ** 2 + 1, dim)
+def _non_local_cost(side: int, config: CostConfig) -> LayerCost:
+    pixels, dim = _pixels(side), config.dim
+    return LayerCost(pixels**2, 4 * pixels * dim**2 + 2 * pixels**2 * dim, 4 * pixels * dim + pixels**2 + 2 * dim)
 
 
-DESIGNS.add(
-    "pixel",
-    Design(
-        "pixel transformer (mhsa)",
-        _pixel_cost,
-        lambda dim, heads: (create_block("mhsa", dim, num_heads=heads), _tokens(dim)),
-    ),
-)
-DESIGNS.add(
-    "graph",
-    Design(
-        "graph attention on pixels",
-        _graph_cost,
-        lambda dim, heads: (create_block("graph", dim, num_heads=heads), _tokens(dim)),
-    ),
-)
-DESIGNS.add(
-    "vit",
-    Design(
-        f"ViT, {PATCH_SIZE}×{PATCH_SIZE} patches",
-        _vit_cost,
-        lambda dim, heads: (create_block("mhsa", dim, num_heads=heads), _vit_input(dim)),
-    ),
-)
-DESIGNS.add(
-    "local",
-    Design(
-        f"SASA local {KERNEL_SIZE}×{KERNEL_SIZE}",
-        _local_cost,
-        lambda dim, heads: (create_block("local", dim, num_heads=heads, kernel_size=KERNEL_SIZE), _map(dim)),
-    ),
-)
-DESIGNS.add(
-    "window",
-    Design(
-        f"Swin windows {WINDOW_SIZE}×{WINDOW_SIZE}",
-        _window_cost,
-        lambda dim, heads: (create_block("window", dim, num_heads=heads, window_size=WINDOW_SIZE), _map(dim)),
-    ),
-)
-DESIGNS.add(
-    "non_local",
-    Design("non-local", _non_local_cost, lambda dim, heads: (create_block("non_local", dim), _map(dim))),
-)
+def _register() -> None:
+    DESIGNS.add(
+        "mhsa",
+        Design(
+            lambda config: "pixel transformer: MHSA over every pixel",
+            lambda side, config: _transformer_cost(_pixels(side), config),
+            lambda config: create_block("mhsa", config.dim, num_heads=config.heads),
+            _tokens,
+        ),
+    )
+    DESIGNS.add(
+        "vit",
+        Design(
+            lambda config: f"ViT, {config.patch}×{config.patch} patches + class token",
+            lambda side, config: _transformer_cost(_vit_tokens(side, config), config),
+            lambda config: create_block("mhsa", config.dim, num_heads=config.heads),
+            lambda side, config: (1, _vit_tokens(side, config), config.dim),
+        ),
+    )
+    DESIGNS.add(
+        "graph",
+        Design(
+            lambda config: "graph attention over every pixel",
+            _graph_cost,
+            lambda config: create_block("graph", config.dim, num_heads=config.heads),
+            _tokens,
+        ),
+    )
+    DESIGNS.add(
+        "local",
+        Design(
+            lambda config: f"SASA local {config.kernel}×{config.kernel}",
+            _local_cost,
+            lambda config: create_block("local", config.dim, num_heads=config.heads, kernel_size=config.kernel),
+            _map,
+        ),
+    )
+    DESIGNS.add(
+        "local_relation",
+        Design(
+            lambda config: f"local relation {config.kernel}×{config.kernel}",
+            _relation_cost,
+            lambda config: create_block(
+                "local_relation",
+                config.dim,
+                groups=config.heads,
+                kernel_size=config.kernel,
+                geometry_hidden=GEOMETRY_HIDDEN,
+            ),
+            _map,
+        ),
+    )
+    DESIGNS.add(
+        "window",
+        Design(
+            lambda config: f"Swin windows {config.window}×{config.window}",
+            _window_cost,
+            lambda config: create_block("window", config.dim, num_heads=config.heads, window_size=config.window),
+            _map,
+        ),
+    )
+    DESIGNS.add(
+        "non_local",
+        Design(lambda config: "non-local", _non_local_cost, lambda config: create_block("non_local", config.dim), _map),
+    )
 
 
-def measured_cost(design: str, side: int, dim: int, heads: int) -> LayerCost:
-    """The layer's attention entries (recorded probabilities) and FLOPs (``flop_counter``), measured on one image.
+_register()
 
-    Runs the block once on a random input: use it only for sizes that fit in memory.
+
+def measured_cost(design: str, side: int, config: CostConfig) -> LayerCost:
+    """The layer's cost measured on one random image: use it only for sizes that fit in memory.
+
+    Entries from the recorded probabilities, FLOPs from ``torch.utils.flop_counter`` (plus the elementwise
+    attention of k×k blocks, which it cannot see: :meth:`Block.attention_flops`), activations from the tensors
+    autograd saves (:func:`saved_bytes`).
     """
-    block, input_shape = DESIGNS.get(design).block(dim, heads)
-    return _entries_and_flops(block, input_shape(side))
+    entry = DESIGNS.get(design)
+    return layer_cost(entry.block(config), entry.input_shape(side, config))
 
 
-def _entries_and_flops(block: nn.Module, shape: tuple[int, ...]) -> LayerCost:
+def layer_cost(block: nn.Module, shape: tuple[int, ...]) -> LayerCost:
+    """Entries, FLOPs and saved activations of ``block`` on a random input of ``shape``, on the block's device."""
+    device = next(block.parameters()).device
     block.eval()
     with torch.no_grad(), record_attention(block) as records:
-        block(torch.randn(*shape))
+        block(torch.randn(*shape, device=device))
     entries = sum(probabilities.numel() for calls in records.values() for probabilities in calls)
-    return LayerCost(entries, flops(block, shape))
+    return LayerCost(entries, flops(block, shape), saved_bytes(block, shape) // BYTES_PER_ELEMENT)
 
 
-def available_memory_bytes() -> int:
-    """The memory the machine can still give (``MemAvailable`` of /proc/meminfo; 8 GiB where unknown)."""
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 8 * 2**30
-
-
-def _saved_bytes(block: nn.Module, shape: tuple[int, ...]) -> int:
-    """Bytes of the tensors one training forward of ``block`` keeps for its backward, counted once per storage."""
+def saved_bytes(block: nn.Module, shape: tuple[int, ...]) -> int:
+    """Bytes of the tensors one training forward keeps for its backward: each storage once, parameters excluded."""
+    device = next(block.parameters()).device
+    own = {tensor.untyped_storage().data_ptr() for tensor in [*block.parameters(), *block.buffers()]}
     storages: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in own:
+            storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        block.train()(torch.randn(*shape, requires_grad=True))
+        block.train()(torch.randn(*shape, device=device, requires_grad=True))
     return sum(storages.values())
 
 
-def cost_rows(
-    designs: Sequence[str], sides: Sequence[int], *, dim: int, heads: int, measure_bytes: int, repeats: int = 3
-) -> list[dict[str, Any]]:
-    """One row per (design, side): the analytic cost, and where it fits ``measure_bytes``, the measured one.
+def peak_bytes(block: nn.Module, images: torch.Tensor) -> int:
+    """The most memory live at once during one forward+backward, above what was live before (weights, input).
 
-    A size whose attention matrices alone exceed ``measure_bytes`` is reported as analytic only, never run.
-    Measured: attention entries, FLOPs, saved activations for the backward, forward+backward time (median).
+    CUDA: the caching allocator's peak. CPU: PyTorch's ``MemTracker``, which follows every tensor storage through
+    the dispatcher (kernels' internal scratch buffers are not tensors and are not seen).
     """
-    rows = []
-    for name in designs:
-        design = DESIGNS.get(name)
-        for side in sides:
-            analytic = design.cost(side, dim, heads)
-            row: dict[str, Any] = {
-                "design": name,
-                "title": design.title,
-                "side": side,
-                "entries": analytic.entries,
-                "attention_mib": analytic.attention_bytes / 2**20,
-                "gflops": analytic.flops / 1e9,
-                "measured": analytic.attention_bytes <= measure_bytes,
-            }
-            if row["measured"]:
-                row |= _measure(name, side, dim, heads, repeats)
-            rows.append(row)
-    return rows
-
-
-def _measure(name: str, side: int, dim: int, heads: int, repeats: int) -> dict[str, Any]:
-    """The measured columns of one row; the block is built once and serves every measurement."""
-    block, input_shape = DESIGNS.get(name).block(dim, heads)
-    shape = input_shape(side)
-    measured = _entries_and_flops(block, shape)
-    saved = _saved_bytes(block, shape)
-    images = torch.randn(*shape, requires_grad=True)
-
-    def step() -> None:
+    if images.device.type == "cuda":
+        torch.cuda.synchronize(images.device)
+        torch.cuda.reset_peak_memory_stats(images.device)
+        before = torch.cuda.memory_allocated(images.device)
         block(images).sum().backward()
+        return torch.cuda.max_memory_allocated(images.device) - before
+    from torch.distributed._tools.mem_tracker import MemTracker  # CPU memory has no allocator statistics
 
-    return {
-        "measured_entries": measured.entries,
-        "measured_gflops": measured.flops / 1e9,
-        "saved_mib": saved / 2**20,
-        "ms_forward_backward": median_ms(step, repeats),
-    }
-
-
-def cost_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as a Markdown table; analytic-only sizes show "—" in the measured columns."""
-    lines = [
-        "| design | side | attention entries | attention MiB | GFLOPs | measured entries | measured GFLOPs "
-        "| saved for backward MiB | fwd+bwd ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        measured = (
-            [
-                f"{row['measured_entries']:,}",
-                f"{row['measured_gflops']:.3f}",
-                f"{row['saved_mib']:.1f}",
-                f"{row['ms_forward_backward']:.1f}",
-            ]
-            if row["measured"]
-            else ["—"] * 4
-        )
-        cells = [
-            row["design"],
-            str(row["side"]),
-            f"{row['entries']:,}",
-            f"{row['attention_mib']:,.1f}",
-            f"{row['gflops']:.3f}",
-            *measured,
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    tracker = MemTracker()
+    tracker.track_external(block, images)
+    with tracker:
+        before = _snapshot_total(tracker.get_tracker_snapshot("current"), images.device)
+        block(images).sum().backward()
+    return _snapshot_total(tracker.get_tracker_snapshot("peak"), images.device) - before
 
 
-def cost_notes(rows: Sequence[dict[str, Any]]) -> str:
-    """What the table shows beside the numbers: the R⁴ figure, and why saved memory differs from the matrices."""
-    pixel = DESIGNS.get("pixel").cost(128, 64, 16)
-    lines = [
-        f"- A pixel transformer on a 128×128 image with 48 layers of 16 heads holds 48 × 16 × 128⁴ = "
-        f"{48 * pixel.entries:,} attention entries: {48 * pixel.attention_bytes / 2**30:,.0f} GiB in fp32 per image.",
-        "- Measured entries (the recorded probabilities) ÷ formula, largest deviation: "
-        f"{_largest_deviation(rows, 'measured_entries', 'entries'):.2%}; measured FLOPs ÷ formula: "
-        + ", ".join(f"{name} {value:+.1%}" for name, value in _flop_deviations(rows).items())
-        + " (local: an einsum of its relative logits is counted beside its own k×k formula).",
-        "- Saved for backward ÷ attention matrices, per design (median over the measured sizes): "
-        + ", ".join(f"{name} {ratio:.2f}" for name, ratio in _saved_ratios(rows).items())
-        + ". Fused attention (pixel, vit: PyTorch's flash kernel) keeps no matrix and recomputes it in the backward,"
-        " so it saves far less than its matrices; graph and window keep scores and probabilities (about 2×); local"
-        " and non-local keep the probabilities (about 1×) beside their inputs.",
-    ]
-    return "\n".join(lines)
-
-
-def _largest_deviation(rows: Sequence[dict[str, Any]], measured: str, analytic: str) -> float:
-    deviations = [abs(row[measured] / row[analytic] - 1) for row in rows if row["measured"] and row[analytic]]
-    return max(deviations, default=0.0)
-
-
-def _flop_deviations(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    deviations: dict[str, float] = {}
-    for row in rows:
-        if row["measured"] and row["gflops"] > 0:
-            deviation = row["measured_gflops"] / row["gflops"] - 1
-            deviations[row["design"]] = max(deviations.get(row["design"], 0.0), deviation, key=abs)
-    return deviations
-
-
-def _saved_ratios(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    ratios: dict[str, list[float]] = {}
-    for row in rows:
-        if row["measured"] and row["attention_mib"] > 0:
-            ratios.setdefault(row["design"], []).append(row["saved_mib"] / row["attention_mib"])
-    return {name: statistics.median(values) for name, values in ratios.items()}
-
-
-def plot_costs(rows: Sequence[dict[str, Any]], path: Path, budget_mib: float) -> None:
-    """Log-log plots against the image side: attention memory and forward+backward time.
-
-    Memory: analytic attention matrices (lines), measured bytes saved for the backward (points), the measuring
-    budget (dashed).
-    """
-    plt = pyplot()
-    figure, (memory_axes, time_axes) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name in dict.fromkeys(row["design"] for row in rows):
-        own = [row for row in rows if row["design"] == name]
-        line = memory_axes.plot([row["side"] for row in own], [row["attention_mib"] for row in own], label=name)[0]
-        measured = [row for row in own if row["measured"]]
-        memory_axes.plot(
-            [row["side"] for row in measured], [row["saved_mib"] for row in measured], "o", color=line.get_color()
-        )
-        time_axes.plot(
-            [row["side"] for row in measured], [row["ms_forward_backward"] for row in measured], "o-", label=name
-        )
-    memory_axes.axhline(budget_mib, linestyle="--", color="grey")
-    memory_axes.set(ylabel="MiB per layer and image", title="attention matrices (lines), saved for backward (points)")
-    time_axes.set(ylabel="ms", title="one layer, forward + backward, CPU")
-    for axes in (memory_axes, time_axes):
-        axes.set(xscale="log", yscale="log", xlabel="image side R (pixels)")
-        axes.grid(True, alpha=0.3, which="both")
-    memory_axes.legend(fontsize=8)
-    save_figure(figure, path)
+def _snapshot_total(snapshot: dict[torch.device, dict[str, int]], device: torch.device) -> int:
+    return sum(values["Total"] for key, values in snapshot.items() if torch.device(key).type == device.type)

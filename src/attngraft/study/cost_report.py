@@ -1,0 +1,262 @@
+"""``attngraft cost``: the designs' costs at each image side, measured where they fit; table, notes and plots."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attngraft._figures import pyplot, save_figure
+from attngraft._io import write_json, write_text
+from attngraft.study.cost import BYTES_PER_ELEMENT, DESIGNS, CostConfig, layer_cost, peak_bytes
+from attngraft.study.measure import machine, median_ms
+from attngraft.study.report import write_rows
+
+MIB = 2**20
+LINE_STYLES = ["-", "--", "-.", ":"]
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    """The memory the device can still give: CUDA's free memory, else ``MemAvailable`` (8 GiB where unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 8 * 2**30
+
+
+def cost_rows(
+    designs: Sequence[str],
+    sides: Sequence[int],
+    config: CostConfig,
+    *,
+    measure_bytes: int,
+    budget_bytes: int,
+    device: torch.device,
+    repeats: int = 3,
+) -> list[dict[str, Any]]:
+    """One row per (design, side): the analytic cost, and where it fits ``measure_bytes``, the measured one.
+
+    A size whose attention matrices or activations exceed ``measure_bytes`` is analytic only, never run. A row
+    fits the budget when its activations (the memory one layer keeps to train on one image) fit ``budget_bytes``.
+    """
+    rows = []
+    for name in designs:
+        design = DESIGNS.get(name)
+        for side in sides:
+            analytic = design.cost(side, config)
+            row: dict[str, Any] = {
+                "design": name,
+                "title": design.title(config),
+                "side": side,
+                "entries": analytic.entries,
+                "attention_mib": analytic.attention_bytes / MIB,
+                "gflops": analytic.flops / 1e9,
+                "activation_mib": analytic.activation_bytes / MIB,
+                "fits_budget": analytic.activation_bytes <= budget_bytes,
+                "matrices_fit_budget": analytic.attention_bytes <= budget_bytes,
+                "measured": max(analytic.attention_bytes, analytic.activation_bytes) <= measure_bytes,
+            }
+            if row["measured"]:
+                row |= _measure(name, side, config, device, repeats)
+            rows.append(row)
+    return rows
+
+
+def _measure(name: str, side: int, config: CostConfig, device: torch.device, repeats: int) -> dict[str, Any]:
+    """The measured columns of one row; the block is built once and serves every measurement."""
+    design = DESIGNS.get(name)
+    block, shape = design.block(config).to(device), design.input_shape(side, config)
+    measured = layer_cost(block, shape)
+    images = torch.randn(*shape, device=device, requires_grad=True)
+
+    def step() -> None:
+        block(images).sum().backward()
+
+    return {
+        "measured_entries": measured.entries,
+        "measured_gflops": measured.flops / 1e9,
+        "measured_activation_mib": measured.activation_bytes / MIB,
+        "peak_mib": peak_bytes(block, images) / MIB,
+        "ms_forward_backward": median_ms(step, repeats),
+    }
+
+
+def cost_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a Markdown table; analytic-only sizes show "—" in the measured columns."""
+    lines = [
+        "| design | R | attention entries | matrices MiB | GFLOPs | activations MiB | fits budget "
+        "| measured entries | measured GFLOPs | measured activations MiB | fwd+bwd peak MiB | fwd+bwd ms |",
+        "|---|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        measured = (
+            [
+                f"{row['measured_entries']:,}",
+                f"{row['measured_gflops']:.3f}",
+                f"{row['measured_activation_mib']:,.1f}",
+                f"{row['peak_mib']:,.1f}",
+                f"{row['ms_forward_backward']:,.1f}",
+            ]
+            if row["measured"]
+            else ["—"] * 5
+        )
+        cells = [
+            row["design"],
+            str(row["side"]),
+            f"{row['entries']:,}",
+            f"{row['attention_mib']:,.1f}",
+            f"{row['gflops']:.3f}",
+            f"{row['activation_mib']:,.1f}",
+            "yes" if row["fits_budget"] else "**no**",
+            *measured,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cost_notes(rows: Sequence[dict[str, Any]], budget_bytes: int) -> str:
+    """What the table shows beside the numbers: the R⁴ figure, formula against measurement, peaks, the budget."""
+    pixel = DESIGNS.get("mhsa").cost(128, CostConfig(heads=16))
+    deviations = {
+        column: _deviations(rows, f"measured_{column}", column) for column in ("entries", "gflops", "activation_mib")
+    }
+    lines = [
+        f"- A pixel transformer on a 128×128 image with 48 layers of 16 heads holds 48 × 16 × 128⁴ = "
+        f"{48 * pixel.entries:,} attention entries: {48 * pixel.attention_bytes / 2**30:,.0f} GiB in fp32 per image.",
+        "- Measured ÷ formula, largest deviation per design: entries "
+        + _listing(deviations["entries"])
+        + "; FLOPs "
+        + _listing(deviations["gflops"])
+        + "; activations "
+        + _listing(deviations["activation_mib"])
+        + ".",
+        "- Forward+backward peak ÷ activations (median over the measured sizes): "
+        + ", ".join(f"{name} {ratio:.1f}" for name, ratio in _peak_ratios(rows).items())
+        + ". The peak adds what only the backward holds: the gradients of the output, the input and the weights "
+        "(all that mhsa and vit add: they keep no matrix and recompute it blockwise); the gradients of the matrices "
+        "graph, window and non-local keep; local's logits, probabilities and their gradients, recomputed for the "
+        "whole image in its backward; the relation layer's gradients of its unfolded neighbourhoods.",
+        *_budget_notes(rows, budget_bytes),
+    ]
+    return "\n".join(lines)
+
+
+def _deviations(rows: Sequence[dict[str, Any]], measured: str, analytic: str) -> dict[str, float]:
+    """The largest signed deviation of measured from analytic per design, over the measured rows."""
+    deviations: dict[str, float] = {}
+    for row in rows:
+        if row["measured"] and row[analytic] > 0:
+            deviation = row[measured] / row[analytic] - 1
+            deviations[row["design"]] = max(deviations.get(row["design"], 0.0), deviation, key=abs)
+    return deviations
+
+
+def _listing(deviations: dict[str, float]) -> str:
+    if all(abs(value) < 5e-4 for value in deviations.values()):
+        return "none (all exact)" if deviations else "nothing measured"
+    return ", ".join(f"{name} {value:+.1%}" for name, value in deviations.items())
+
+
+def _peak_ratios(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    ratios: dict[str, list[float]] = {}
+    for row in rows:
+        if row["measured"] and row["activation_mib"] > 0:
+            ratios.setdefault(row["design"], []).append(row["peak_mib"] / row["activation_mib"])
+    return {name: statistics.median(values) for name, values in ratios.items()}
+
+
+def _budget_notes(rows: Sequence[dict[str, Any]], budget_bytes: int) -> list[str]:
+    budget = f"{budget_bytes / 2**30:.1f} GiB"
+    over = _first_sides(rows, "fits_budget")
+    fused = {
+        name: side
+        for name, side in _first_sides(rows, "matrices_fit_budget").items()
+        if name not in over or over[name] > side
+    }
+    lines = [
+        f"- Over the {budget} budget (one layer's activations, one image): "
+        + (", ".join(f"{name} from R = {side}" for name, side in over.items()) or "none")
+        + "."
+    ]
+    if fused:
+        lines.append(
+            f"- Materialised, the attention matrices would exceed {budget} for "
+            + ", ".join(f"{name} from R = {side}" for name, side in fused.items())
+            + "; these blocks never materialise them (fused kernels), so their memory grows only as R², while their"
+            " time still grows as R⁴."
+        )
+    return lines
+
+
+def _first_sides(rows: Sequence[dict[str, Any]], fits: str) -> dict[str, int]:
+    """Per design, the smallest side whose row does not fit (designs that always fit are absent)."""
+    first: dict[str, int] = {}
+    for row in rows:
+        if not row[fits]:
+            first[row["design"]] = min(first.get(row["design"], row["side"]), row["side"])
+    return first
+
+
+def plot_costs(rows: Sequence[dict[str, Any]], path: Path, budget_mib: float) -> None:
+    """Log-log plots against the image side: attention matrices, training memory, forward+backward time.
+
+    Lines are the formulas; points are measurements (memory: the forward+backward peak). Dashed: the budget.
+    """
+    plt = pyplot()
+    figure, (matrix_axes, memory_axes, time_axes) = plt.subplots(1, 3, figsize=(15, 4.4))
+    designs = list(dict.fromkeys(row["design"] for row in rows))
+    for index, name in enumerate(designs):
+        own = [row for row in rows if row["design"] == name]
+        measured = [row for row in own if row["measured"]]
+        sides = [row["side"] for row in own]
+        style = {"linestyle": LINE_STYLES[index % len(LINE_STYLES)], "label": name}  # designs may coincide
+        color = matrix_axes.plot(sides, [row["attention_mib"] for row in own], **style)[0].get_color()
+        memory_axes.plot(sides, [row["activation_mib"] for row in own], color=color, **style)
+        memory_axes.plot([row["side"] for row in measured], [row["peak_mib"] for row in measured], "o", color=color)
+        time_axes.plot(
+            [row["side"] for row in measured], [row["ms_forward_backward"] for row in measured], "o-", color=color
+        )
+    for axes in (matrix_axes, memory_axes):
+        axes.axhline(budget_mib, linestyle="--", color="grey", label="budget")
+        axes.set(ylabel="MiB per layer and image")
+    matrix_axes.set(title="attention matrices, materialised")
+    memory_axes.set(title="kept for backward (lines), fwd+bwd peak (points)")
+    time_axes.set(ylabel="ms", title="one layer, forward + backward, measured")
+    all_sides = sorted({row["side"] for row in rows})
+    for axes in (matrix_axes, memory_axes, time_axes):
+        axes.set(xscale="log", yscale="log", xlabel="image side R (pixels)")
+        axes.set_xticks(all_sides, [str(side) for side in all_sides])
+        axes.minorticks_off()
+        axes.grid(True, alpha=0.3)
+    matrix_axes.legend(fontsize=8)
+    save_figure(figure, path)
+
+
+def write_cost_report(
+    out: Path, rows: Sequence[dict[str, Any]], *, config: CostConfig, budget_bytes: int, command: str, device: str
+) -> str:
+    """Writes results.md, results.csv, results.json and cost.png to ``out``; returns the table and notes."""
+    summary = cost_table(rows) + "\n\n" + cost_notes(rows, budget_bytes)
+    header = (
+        f"# Attention cost per layer and image (C = {config.dim}, {config.heads} heads, p = {config.patch}, "
+        f"k = {config.kernel}, w = {config.window}, fp{8 * BYTES_PER_ELEMENT})\n\n"
+        f"- Command: `{command}`\n- Measured on: {device}; budget {budget_bytes / 2**30:.1f} GiB\n"
+        "- Analytic columns: the formulas of `attngraft.study.cost`; measured columns: the blocks on one random "
+        "image (sizes whose matrices or activations exceed the measuring limit are analytic only, never run)\n"
+    )
+    write_rows(out, rows)
+    write_json(
+        out / "results.json",
+        {**asdict(config), "budget_bytes": budget_bytes, "device": device, **machine(), "rows": list(rows)},
+    )
+    write_text(out / "results.md", header + "\n" + summary + "\n\n![cost](cost.png)\n")
+    plot_costs(rows, out / "cost.png", budget_bytes / MIB)
+    return summary
