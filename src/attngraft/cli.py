@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -187,31 +188,50 @@ def _run_cost(args: argparse.Namespace) -> int:
     from attngraft.study.cost import DESIGNS, CostConfig, check_side, design_name
     from attngraft.study.cost_report import available_memory_bytes, cost_rows, write_cost_report
 
-    sizes = _positive_list(args.sizes, "--sizes")
+    sizes = sorted(set(_positive_list(args.sizes, "--sizes")))
     names = [name.strip() for name in args.blocks.split(",") if name.strip()] if args.blocks else DESIGNS.names()
+    if not names:
+        raise ConfigError(f"--blocks {args.blocks!r}: name at least one design ({', '.join(DESIGNS.names())})")
     designs = list(dict.fromkeys(design_name(name) for name in names))  # unknown names list the valid ones
-    if args.measure_mib < 0 or (args.budget_gb is not None and args.budget_gb <= 0):
-        raise ConfigError("--measure-mib must be at least 0 and --budget-gb positive")
+    _check_finite(args.measure_mib, "--measure-mib", minimum=0)
+    if args.budget_gb is not None:
+        _check_finite(args.budget_gb, "--budget-gb", minimum=0, inclusive=False)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available")
     try:
         config = CostConfig(args.dim, args.heads, args.patch, args.kernel, args.window)
         for side in sizes:
             check_side(side, config)
-    except ValueError as error:
+        device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+        free = available_memory_bytes(device)
+    except (ValueError, RuntimeError) as error:
         raise ConfigError(str(error)) from None
-    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    budget = int(args.budget_gb * 2**30) if args.budget_gb is not None else available_memory_bytes(device)
-    measure_bytes = int(args.measure_mib * 2**20)
+    budget = int(args.budget_gb * 2**30) if args.budget_gb is not None else free
+    measure_bytes = min(int(args.measure_mib * 2**20), free)  # never more than the device can give
     rows = cost_rows(designs, sizes, config, measure_bytes=measure_bytes, budget_bytes=budget, device=device)
     out = Path(args.out)
-    command = shlex.join(["attngraft", *args.argv])
     device_name = (
         torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     )
-    print(write_cost_report(out, rows, config=config, budget_bytes=budget, command=command, device=device_name))
+    summary = write_cost_report(
+        out,
+        rows,
+        config=config,
+        budget_bytes=budget,
+        measure_bytes=measure_bytes,
+        command=shlex.join(["attngraft", *args.argv]),
+        device=device_name,
+    )
+    print(summary)
     print(f"table, CSV/JSON and plots: {out}")
     return 0
+
+
+def _check_finite(value: float, option: str, *, minimum: float, inclusive: bool = True) -> None:
+    """Raises a ConfigError naming ``option`` unless ``value`` is finite and at least (or above) ``minimum``."""
+    if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+        bound = f"at least {minimum:g}" if inclusive else f"above {minimum:g}"
+        raise ConfigError(f"{option} {value!r}: expected a finite number {bound}")
 
 
 def _positive_list(text: str, option: str) -> list[int]:
@@ -314,7 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--window", type=int, default=7, help="Swin window side w (default: 7)")
     cost.add_argument("--budget-gb", type=float, help="memory budget to mark (default: the device's free memory)")
     cost.add_argument(
-        "--measure-mib", type=float, default=512, help="measure sizes whose matrices and activations fit (default 512)"
+        "--measure-mib",
+        type=float,
+        default=2048,
+        help="measure sizes whose matrices and estimated peak (8× activations) fit (default 2048, at most free memory)",
     )
     cost.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to measure (auto: GPU if any)"

@@ -79,8 +79,10 @@ def test_parameter_counts_match_published(name: str, options: tuple[tuple[str, o
     assert millions == pytest.approx(PUBLISHED_PARAMS[name, options], rel=0.02)
 
 
-@pytest.mark.parametrize(("name", "published_gmacs"), [("resnet50", 4.1), ("sasa_resnet50", 3.6)])
-def test_multiply_adds_match_published(name: str, published_gmacs: float) -> None:
+@pytest.mark.parametrize(
+    ("name", "published_gmacs", "tolerance"), [("resnet50", 4.1, 0.02), ("sasa_resnet50", 3.6, 0.05)]
+)
+def test_multiply_adds_match_published(name: str, published_gmacs: float, tolerance: float) -> None:
     """SASA paper, Table 1: ResNet-50 4.1 G, SASA ResNet-50 3.6 G multiply-adds at 224×224.
 
     The paper computes the relative logits q·r per neighbour (k² per pixel); our blocks compute them as two k-long
@@ -101,7 +103,7 @@ def test_multiply_adds_match_published(name: str, published_gmacs: float) -> Non
     for handle in handles:
         handle.remove()
     gmacs = (flops(model, (1, 3, 224, 224)) / 2 + per_neighbour_relative) / 1e9
-    assert gmacs == pytest.approx(published_gmacs, rel=0.05)
+    assert gmacs == pytest.approx(published_gmacs, rel=tolerance)
 
 
 def test_sasa_replaces_every_spatial_convolution() -> None:

@@ -17,22 +17,25 @@ non_local       N²                          4NC² + 2N²C                     4
 
 (g: the relation layer's geometry network on the k² offsets, 2k²·32·(2 + G).) The pixel designs grow as R⁴, the
 windowed ones as R². Activations are the elements autograd keeps for the backward, parameters excluded, as the
-blocks are written: fused attention (mhsa, vit: ``scaled_dot_product_attention``; local: its own kernel) keeps the
-log-sum-exp per query instead of the matrix and recomputes it in the backward; graph keeps scores and
-probabilities; window keeps its bias-and-mask matrix; the relation layer keeps every pixel's unfolded k×k
-neighbourhood (C·k² per pixel).
+blocks are written: fused attention (mhsa, vit: ``scaled_dot_product_attention``) keeps the input, q, k, v, the
+output and a log-sum-exp per query instead of the matrix, and recomputes the matrix in the backward; local keeps
+the same through its own kernel, plus its k²-per-pixel border mask; graph keeps scores and probabilities; window
+keeps its bias-and-mask matrix; non-local keeps its N² probabilities; the relation layer keeps every pixel's
+unfolded k×k neighbourhood (C·k² per pixel). The k×k blocks are costed and measured on their window path (small
+maps of at most 64 pixels otherwise take a dense path).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from attngraft.blocks import create_block, record_attention
+from attngraft.blocks.local import windows_only
 from attngraft.errors import UnknownNameError
 from attngraft.models.cost import flops
 from attngraft.registry import Registry, unknown_name_message
@@ -63,8 +66,9 @@ class CostConfig:
     window: int = 7
 
     def __post_init__(self) -> None:
-        if min(self.dim, self.heads, self.patch, self.kernel, self.window) < 1:
-            raise ValueError("dim, heads, patch, kernel and window must be positive")
+        for name, value in asdict(self).items():
+            if value < 1:
+                raise ValueError(f"{name}={value} must be positive")
         if self.dim % self.heads or (self.dim // self.heads) % 2:
             raise ValueError(
                 f"heads={self.heads} must divide dim={self.dim} into an even head dim (local attention splits it "
@@ -108,12 +112,16 @@ class Design:
         cost: ``(side, config) → LayerCost``.
         block: ``config → block``.
         input_shape: ``(side, config) → the block's input shape`` for one image.
+        backward: What the backward holds beyond the kept activations (explains the measured peak).
+        fused: Whether the block never materialises its attention matrices (a fused kernel recomputes them).
     """
 
     title: Callable[[CostConfig], str]
     cost: Callable[[int, CostConfig], LayerCost]
     block: Callable[[CostConfig], nn.Module]
     input_shape: Callable[[int, CostConfig], tuple[int, ...]]
+    backward: str
+    fused: bool = False
 
 
 DESIGNS: Registry[Design] = Registry("attention design")
@@ -198,70 +206,87 @@ def _non_local_cost(side: int, config: CostConfig) -> LayerCost:
     return LayerCost(pixels**2, 4 * pixels * dim**2 + 2 * pixels**2 * dim, 4 * pixels * dim + pixels**2 + 2 * dim)
 
 
+GRADIENTS = "the gradients of the output, the input and the weights"
+
+
 def _register() -> None:
     DESIGNS.add(
         "mhsa",
         Design(
-            lambda config: "pixel transformer: MHSA over every pixel",
-            lambda side, config: _transformer_cost(_pixels(side), config),
-            lambda config: create_block("mhsa", config.dim, num_heads=config.heads),
-            _tokens,
+            title=lambda config: "pixel transformer: MHSA over every pixel",
+            cost=lambda side, config: _transformer_cost(_pixels(side), config),
+            block=lambda config: create_block("mhsa", config.dim, num_heads=config.heads),
+            input_shape=_tokens,
+            backward=f"{GRADIENTS}; the matrix is recomputed block by block",
+            fused=True,
         ),
     )
     DESIGNS.add(
         "vit",
         Design(
-            lambda config: f"ViT, {config.patch}×{config.patch} patches + class token",
-            lambda side, config: _transformer_cost(_vit_tokens(side, config), config),
-            lambda config: create_block("mhsa", config.dim, num_heads=config.heads),
-            lambda side, config: (1, _vit_tokens(side, config), config.dim),
+            title=lambda config: f"ViT, {config.patch}×{config.patch} patches + class token",
+            cost=lambda side, config: _transformer_cost(_vit_tokens(side, config), config),
+            block=lambda config: create_block("mhsa", config.dim, num_heads=config.heads),
+            input_shape=lambda side, config: (1, _vit_tokens(side, config), config.dim),
+            backward=f"{GRADIENTS}; the matrix is recomputed block by block",
+            fused=True,
         ),
     )
     DESIGNS.add(
         "graph",
         Design(
-            lambda config: "graph attention over every pixel",
-            _graph_cost,
-            lambda config: create_block("graph", config.dim, num_heads=config.heads),
-            _tokens,
+            title=lambda config: "graph attention over every pixel",
+            cost=_graph_cost,
+            block=lambda config: create_block("graph", config.dim, num_heads=config.heads),
+            input_shape=_tokens,
+            backward=f"{GRADIENTS}; the gradients of its kept scores and probabilities",
         ),
     )
     DESIGNS.add(
         "local",
         Design(
-            lambda config: f"SASA local {config.kernel}×{config.kernel}",
-            _local_cost,
-            lambda config: create_block("local", config.dim, num_heads=config.heads, kernel_size=config.kernel),
-            _map,
+            title=lambda config: f"SASA local {config.kernel}×{config.kernel}",
+            cost=_local_cost,
+            block=lambda config: create_block("local", config.dim, num_heads=config.heads, kernel_size=config.kernel),
+            input_shape=_map,
+            backward=f"{GRADIENTS}; the logits and probabilities of the whole image, recomputed, and their gradients",
         ),
     )
     DESIGNS.add(
         "local_relation",
         Design(
-            lambda config: f"local relation {config.kernel}×{config.kernel}",
-            _relation_cost,
-            lambda config: create_block(
+            title=lambda config: f"local relation {config.kernel}×{config.kernel}",
+            cost=_relation_cost,
+            block=lambda config: create_block(
                 "local_relation",
                 config.dim,
                 groups=config.heads,
                 kernel_size=config.kernel,
                 geometry_hidden=GEOMETRY_HIDDEN,
             ),
-            _map,
+            input_shape=_map,
+            backward=f"{GRADIENTS}; the gradient of its unfolded neighbourhoods",
         ),
     )
     DESIGNS.add(
         "window",
         Design(
-            lambda config: f"Swin windows {config.window}×{config.window}",
-            _window_cost,
-            lambda config: create_block("window", config.dim, num_heads=config.heads, window_size=config.window),
-            _map,
+            title=lambda config: f"Swin windows {config.window}×{config.window}",
+            cost=_window_cost,
+            block=lambda config: create_block("window", config.dim, num_heads=config.heads, window_size=config.window),
+            input_shape=_map,
+            backward=f"{GRADIENTS}; the gradient of its kept bias-and-mask matrix",
         ),
     )
     DESIGNS.add(
         "non_local",
-        Design(lambda config: "non-local", _non_local_cost, lambda config: create_block("non_local", config.dim), _map),
+        Design(
+            title=lambda config: "non-local",
+            cost=_non_local_cost,
+            block=lambda config: create_block("non_local", config.dim),
+            input_shape=_map,
+            backward=f"{GRADIENTS}; the gradient of its kept matrix",
+        ),
     )
 
 
@@ -286,7 +311,9 @@ def layer_cost(block: nn.Module, shape: tuple[int, ...]) -> LayerCost:
     with torch.no_grad(), record_attention(block) as records:
         block(torch.randn(*shape, device=device))
     entries = sum(probabilities.numel() for calls in records.values() for probabilities in calls)
-    return LayerCost(entries, flops(block, shape), saved_bytes(block, shape) // BYTES_PER_ELEMENT)
+    with windows_only():
+        saved = saved_bytes(block, shape)
+    return LayerCost(entries, flops(block, shape), saved // BYTES_PER_ELEMENT)
 
 
 def saved_bytes(block: nn.Module, shape: tuple[int, ...]) -> int:
@@ -318,8 +345,13 @@ def peak_bytes(block: nn.Module, images: torch.Tensor) -> int:
         before = torch.cuda.memory_allocated(images.device)
         block(images).sum().backward()
         return torch.cuda.max_memory_allocated(images.device) - before
-    from torch.distributed._tools.mem_tracker import MemTracker  # CPU memory has no allocator statistics
-
+    try:  # CPU memory has no allocator statistics; MemTracker is PyTorch's, in a private module
+        from torch.distributed._tools.mem_tracker import MemTracker
+    except ImportError as error:
+        raise RuntimeError(
+            f"measuring CPU peak memory needs torch.distributed._tools.mem_tracker (torch {torch.__version__} "
+            "has none); measure on CUDA or use a torch build with torch.distributed"
+        ) from error
     tracker = MemTracker()
     tracker.track_external(block, images)
     with tracker:
