@@ -210,9 +210,6 @@ def _run_cost(args: argparse.Namespace) -> int:
     measure_bytes = min(int(args.measure_mib * 2**20), free)  # never more than the device can give
     rows = cost_rows(designs, sizes, config, measure_bytes=measure_bytes, budget_bytes=budget, device=device)
     out = Path(args.out)
-    device_name = (
-        torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    )
     summary = write_cost_report(
         out,
         rows,
@@ -220,7 +217,7 @@ def _run_cost(args: argparse.Namespace) -> int:
         budget_bytes=budget,
         measure_bytes=measure_bytes,
         command=shlex.join(["attngraft", *args.argv]),
-        device=device_name,
+        device=device,
     )
     print(summary)
     print(f"table, CSV/JSON and plots: {out}")

@@ -130,7 +130,7 @@ ALIASES = {"pixel_vit": "mhsa"}  # the issue's and the literature's name for a t
 
 def design_name(name: str) -> str:
     """The registered name of ``name`` (aliases resolved); unknown names raise with the valid ones listed."""
-    if name not in ALIASES and name not in DESIGNS.names():
+    if name not in ALIASES and name not in DESIGNS:
         raise UnknownNameError(unknown_name_message(DESIGNS.kind, name, [*DESIGNS.names(), *ALIASES]))
     return ALIASES.get(name, name)
 

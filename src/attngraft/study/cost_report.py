@@ -264,14 +264,17 @@ def write_cost_report(
     budget_bytes: int,
     measure_bytes: int,
     command: str,
-    device: str,
+    device: torch.device,
 ) -> str:
     """Writes results.md, results.csv, results.json and cost.png to ``out``; returns the table and notes."""
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    )
     summary = cost_table(rows) + "\n\n" + cost_notes(rows, budget_bytes)
     header = (
         f"# Attention cost per layer and image (C = {config.dim}, {config.heads} heads, p = {config.patch}, "
         f"k = {config.kernel}, w = {config.window}, fp{8 * BYTES_PER_ELEMENT})\n\n"
-        f"- Command: `{command}`\n- Measured on: {device}; budget {gib(budget_bytes)}\n"
+        f"- Command: `{command}`\n- Measured on: {device_name}; budget {gib(budget_bytes)}\n"
         "- Analytic columns: the formulas of `attngraft.study.cost`; measured columns: the blocks on one random "
         f"image, for sizes whose matrices and estimated peak ({PEAK_ESTIMATE}× the activations) fit "
         f"{measure_bytes / MIB:,.0f} MiB (the others are analytic only, never run)\n"
@@ -283,7 +286,7 @@ def write_cost_report(
             **asdict(config),
             "budget_bytes": budget_bytes,
             "measure_bytes": measure_bytes,
-            "device": device,
+            "device": device_name,
             **machine(),
             "rows": list(rows),
         },
