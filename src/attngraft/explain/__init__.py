@@ -15,6 +15,7 @@ from attngraft.explain.explainer import (
     Explanation,
     explain_checkpoint,
     explain_images,
+    explain_network,
     write_explanations,
 )
 from attngraft.explain.figures import Panel, Row, draw_rows
@@ -36,6 +37,7 @@ __all__ = [
     "draw_rows",
     "explain_checkpoint",
     "explain_images",
+    "explain_network",
     "load_network",
     "query_map",
     "record",

@@ -398,6 +398,37 @@ def explain_checkpoint(
     data = data_settings(config, checkpoint) | ({"data_dir": data_dir} if data_dir else {})
     datamodule = ImageDataModule(**data, num_workers=0, cache_images=False)
     _check_fit(arguments, datamodule, checkpoint, config)
+    return explain_network(
+        network, datamodule, out, settings=settings, images=images, paths=paths, per_class=per_class, progress=progress
+    )
+
+
+def explain_network(
+    network: nn.Module,
+    datamodule: ImageDataModule,
+    out: str | Path,
+    *,
+    settings: ExplainSettings | None = None,
+    images: int = 8,
+    paths: Sequence[str | Path] = (),
+    per_class: int = 0,
+    progress: bool = True,
+) -> list[Path]:
+    """Explains a network (any module that classifies the data module's images) into figures in ``out``.
+
+    Args:
+        network: The trained network.
+        datamodule: Its data: the test images, class names and normalisation come from here.
+        out: Directory of the figures and ``explanations.json``.
+        settings: Methods and maps; default: every method and the attention maps.
+        images: The first this many test images (when neither ``paths`` nor ``per_class`` is given).
+        paths: Image files to explain instead.
+        per_class: Explain the first this many test images of every class, one grid per class.
+        progress: Show a progress bar for many images.
+
+    Returns:
+        The figures written.
+    """
     if paths:
         samples = file_samples(paths, datamodule)
         classes = _classes_if_found(datamodule)
@@ -407,8 +438,8 @@ def explain_checkpoint(
     return write_explanations(
         network,
         samples,
-        out,
-        settings=settings,
+        Path(out),
+        settings=settings or ExplainSettings(),
         classes=classes,
         statistics=display_statistics(datamodule),
         per_class=bool(per_class) and not paths,

@@ -1,13 +1,10 @@
 """What ``attngraft explain`` reads: a training checkpoint (the network), its run's config (the data) and images.
 
-Checkpoints load with ``torch.load(weights_only=True)``; nothing in them is unpickled as code. The network is
-rebuilt from the checkpoint's hyperparameters with its backbone and teacher weight files switched off (the trained
-weights are in the checkpoint), then gets every weight of the checkpoint's ``network.*`` entries.
+Checkpoints are read by :mod:`attngraft.train.checkpoint` (weights only; the network rebuilt offline).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +16,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from attngraft.data.datamodule import ImageDataModule
-from attngraft.errors import ConfigError, WeightsError, WeightsNotFoundError
-from attngraft.grafting.spec import load_spec
-from attngraft.grafting.weights import load_torch_file
-from attngraft.train.module import ImageClassifier
-from attngraft.train.network import SPEC_SUFFIXES
+from attngraft.errors import ConfigError
+from attngraft.train import checkpoint as train_checkpoint
 
 # The data settings that decide what the network sees; loader and training settings do not matter here.
 DATA_KEYS = ("dataset", "data_dir", "image_size", "channels", "normalize", "val_size", "split_seed")
@@ -64,55 +58,8 @@ def load_checkpoint(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         WeightsNotFoundError: If the file does not exist.
         WeightsError: If it is not a weights-only checkpoint of an attngraft classifier, or its weights do not fit.
     """
-    path = Path(checkpoint)
-    content = _read_checkpoint(path)
-    arguments = offline_arguments(content["hyper_parameters"])
-    network = ImageClassifier(**arguments).network
-    state = {
-        key.removeprefix("network."): value
-        for key, value in content.get("state_dict", {}).items()
-        if key.startswith("network.")
-    }
-    try:
-        result = network.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # a tensor of another shape
-        raise WeightsError(
-            f"checkpoint {path}: its weights do not fit the network its hyperparameters build: {error}"
-        ) from None
-    if result.missing_keys or result.unexpected_keys:
-        raise WeightsError(
-            f"checkpoint {path}: its weights do not fit the network its hyperparameters build "
-            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
-        )
-    return network.eval(), arguments
-
-
-def _read_checkpoint(path: Path) -> Mapping[str, Any]:
-    if not path.is_file():
-        raise WeightsNotFoundError(f"checkpoint {path} does not exist")
-    content = load_torch_file(path, "checkpoint")
-    if not isinstance(content, Mapping) or not isinstance(content.get("hyper_parameters"), Mapping):
-        raise WeightsError(f"checkpoint {path} has no hyper_parameters: expected a checkpoint of `attngraft fit`")
-    return content
-
-
-def offline_arguments(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
-    """:class:`ImageClassifier` arguments that rebuild a trained network without reading any weights file.
-
-    Backbone and teacher weights, the teacher itself and compilation are switched off (the trained weights come
-    separately); a graft spec's ``weights`` (inline or in its YAML file) becomes null. Entries the classifier does
-    not take (LightningCLI adds ``_instantiator``) are dropped.
-    """
-    accepted = inspect.signature(ImageClassifier.__init__).parameters
-    arguments = {key: value for key, value in hyperparameters.items() if key in accepted and key != "self"}
-    arguments.update(backbone_weights=None, teacher=None, teacher_weights=None, distillation=None, compile=False)
-    network = arguments.get("network")
-    if isinstance(network, str) and network.endswith(SPEC_SUFFIXES):
-        network = load_spec(network)
-    if isinstance(network, Mapping) and "weights" in network:
-        network = {**network, "weights": None}
-    arguments["network"] = network
-    return arguments
+    trained = train_checkpoint.load_checkpoint(checkpoint)
+    return trained.network, trained.hyperparameters
 
 
 def data_settings(config: str | Path | None, checkpoint: str | Path) -> dict[str, Any]:

@@ -25,18 +25,18 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from typing_extensions import override
 
 from attngraft._io import write_json
 from attngraft.data.datamodule import ImageDataModule
 from attngraft.errors import AttngraftError, ConfigError
-from attngraft.explain.inputs import offline_arguments
-from attngraft.grafting.weights import read_state_dict, save_weights
+from attngraft.grafting.weights import save_weights
 from attngraft.study.config import Run
 from attngraft.study.measure import cpu_latency, model_costs
 from attngraft.train.cache import FeatureCache, FeatureDataset
+from attngraft.train.checkpoint import rebuild_network
 from attngraft.train.module import ImageClassifier, class_logits
+from attngraft.train.trainer import create_trainer
 
 logger = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
@@ -219,11 +219,13 @@ def trained_network(run: Run, directory: Path) -> tuple[torch.nn.Module, ImageDa
         datamodule.prepare_data()
         datamodule.setup("test")
     # Built without reading any weights file (backbone, teacher): every weight comes from the run's own file.
-    arguments = {"network": run.cell.network, **run.cell.training}
-    arguments |= {"num_classes": datamodule.num_classes, "in_chans": datamodule.num_channels}
-    network = ImageClassifier(**offline_arguments(arguments)).network
-    network.load_state_dict(read_state_dict(directory / WEIGHTS_FILE))
-    return network.eval(), datamodule
+    network = rebuild_network(
+        run.cell.network,
+        num_classes=datamodule.num_classes,
+        in_chans=datamodule.num_channels,
+        weights=directory / WEIGHTS_FILE,
+    )
+    return network, datamodule
 
 
 def check_run(run: Run) -> None:
@@ -269,14 +271,10 @@ def _classifier(run: Run, datamodule: ImageDataModule, backbone_weights: str | N
 
 
 def _trainer(run: Run, directory: Path, *callbacks: L.Callback) -> L.Trainer:
-    loggers = [
-        CSVLogger(directory, name="", version=""),
-        TensorBoardLogger(directory, name="", version="", default_hp_metric=False),
-    ]
     options: dict[str, Any] = {
         "accelerator": "auto",
         "devices": 1,
-        "logger": loggers,
+        "run_directory": directory,
         "callbacks": list(callbacks),
         "enable_checkpointing": False,  # a run is redone whole; its weights are saved at the end
         "enable_progress_bar": False,
@@ -287,7 +285,7 @@ def _trainer(run: Run, directory: Path, *callbacks: L.Callback) -> L.Trainer:
         "max_epochs": run.cell.epochs,
     }
     with _config_errors(f"cell {run.cell.name}.trainer"):
-        return L.Trainer(**options)
+        return create_trainer(**options)
 
 
 def _data_arguments(data: Mapping[str, Any], where: str) -> dict[str, Any]:

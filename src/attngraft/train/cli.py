@@ -20,7 +20,6 @@ from typing import Any
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.tuner.tuning import Tuner
 from typing_extensions import override
 
@@ -28,11 +27,11 @@ from attngraft._io import atomic_path
 from attngraft.data.datamodule import ImageDataModule
 from attngraft.errors import ConfigError
 from attngraft.train.cache import FeatureCache
-from attngraft.train.callbacks import AtomicCheckpointIO, PredictionWriter, RandomState
+from attngraft.train.callbacks import PredictionWriter
 from attngraft.train.module import ImageClassifier
+from attngraft.train.trainer import RUNS_DIR, create_trainer, run_loggers
 
 logger = logging.getLogger(__name__)
-RUNS_DIR = "runs"
 
 
 class AttngraftCLI(LightningCLI):
@@ -44,11 +43,7 @@ class AttngraftCLI(LightningCLI):
         super().__init__(
             ImageClassifier,
             ImageDataModule,
-            trainer_defaults={
-                "default_root_dir": RUNS_DIR,
-                "callbacks": [RandomState(), PredictionWriter()],
-                "plugins": [AtomicCheckpointIO()],
-            },
+            trainer_defaults={"default_root_dir": RUNS_DIR, "callbacks": [PredictionWriter()]},
             save_config_kwargs={"overwrite": True},
             args=list(args) if args is not None else None,
             run=run,
@@ -106,7 +101,9 @@ class AttngraftCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if config.get("logger") in (None, True):
             root = config.get("default_root_dir") or RUNS_DIR
-            config["logger"] = default_loggers(root, _run_name(self._settings()), self._resumed_version)
+            config["logger"] = run_loggers(root, _run_name(self._settings()), self._resumed_version)
+        # The parser describes Trainer's arguments; the factory takes the same ones and adds attngraft's defaults.
+        self.trainer_class = create_trainer
         return super()._instantiate_trainer(config, callbacks)
 
     def _settings(self) -> Any:
@@ -130,12 +127,6 @@ def latest_checkpoint(run_root: Path) -> Path | None:
         if path.parent.parent.name.removeprefix("version_").isdigit()
     ]
     return max(candidates, key=lambda path: path.stat().st_mtime_ns, default=None)
-
-
-def default_loggers(root: str, name: str, version: int | None = None) -> list[Any]:
-    """TensorBoard and CSV loggers writing into one ``root/name/version_<n>`` directory (the next, by default)."""
-    tensorboard = TensorBoardLogger(root, name=name, version=version, default_hp_metric=False)
-    return [tensorboard, CSVLogger(root, name=name, version=tensorboard.version)]
 
 
 def run_lightning(command: str, args: Sequence[str]) -> int:

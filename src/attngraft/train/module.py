@@ -22,11 +22,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 from typing_extensions import override
 
-from attngraft.errors import ConfigError, TrainingError, check_values
+from attngraft.errors import AttngraftError, ConfigError, TrainingError, check_values
 from attngraft.grafting import GraftedModel
-from attngraft.grafting.backbone import first_conv_name, forward_until
+from attngraft.grafting.backbone import classifier_name, evaluating, first_conv_name, forward_until, probe_sample
 from attngraft.grafting.weights import load_weights, read_state_dict
-from attngraft.train.network import NetworkConfig, build_network
+from attngraft.train.network import NetworkArgument, NetworkConfig, build_network, describe_network
 from attngraft.train.optim import (
     OPTIMIZERS,
     SCHEDULES,
@@ -39,17 +39,34 @@ from attngraft.train.optim import (
 
 logger = logging.getLogger(__name__)
 DISTILLATION = ("hard", "soft")
+CHECKPOINT_KEY = "attngraft"  # a checkpoint's entry with what attngraft adds (the trained network's class)
+UNDESCRIBED_NETWORK = (
+    "model.network is missing: this classifier was trained on a network module that attngraft cannot rebuild "
+    "from a description (not made by attngraft.build or create_model); pass the same module again, e.g. "
+    "ImageClassifier.load_from_checkpoint(path, network=module)"
+)
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class ImageClassifier(L.LightningModule):
     """Trains ``network`` to classify images.
 
+    Example:
+        >>> resnet = torchvision.models.resnet18()  # doctest: +SKIP
+        >>> network = attngraft.graft(resnet, Head("graph", stage="layer3"), num_classes=10)  # doctest: +SKIP
+        >>> L.Trainer(max_epochs=1).fit(ImageClassifier(network), datamodule=data)  # doctest: +SKIP
+
     Args:
-        network: What to train: a zoo name (``resnet18``), ``torchvision/<name>``/``timm/<name>``, a zoo mapping
-            (``{name: vit, img_size: 28, patch_size: 4}``), a graft spec mapping, or a graft spec YAML path.
-        num_classes: Classes (linked from the data module by the CLI).
-        in_chans: Image channels (linked from the data module by the CLI).
+        network: What to train: a module (trained as it is, e.g. a grafted torchvision model), a zoo name
+            (``resnet18``), ``torchvision/<name>``/``timm/<name>``, a zoo mapping (``{name: vit, img_size: 28}``),
+            a graft spec mapping, or a graft spec YAML path. A module is not saved in the hyperparameters; its
+            description is, when it has one (:func:`~attngraft.train.network.describe_network`: a spec-built
+            graft, a zoo model), so its checkpoints reload with :meth:`load_from_checkpoint` alone. Otherwise
+            pass the same module again: ``ImageClassifier.load_from_checkpoint(path, network=module)``.
+        num_classes: Classes (linked from the data module by the CLI). None: a module's own output count (its
+            classifier's, or a grafted model's probed output); 10 for a described network.
+        in_chans: Image channels (linked from the data module by the CLI). None: a grafted module's own; 1 for a
+            described network.
         backbone_weights: Weights file for a graft spec's backbone, replacing the spec's ``weights``.
         optimizer: "adamw" or "sgd".
         lr: Peak learning rate (of the grafted parameters, for a grafted model).
@@ -72,10 +89,10 @@ class ImageClassifier(L.LightningModule):
 
     def __init__(
         self,
-        network: NetworkConfig = "resnet18",
+        network: NetworkArgument | None = "resnet18",
         *,
-        num_classes: int = 10,
-        in_chans: int = 1,
+        num_classes: int | None = None,
+        in_chans: int | None = None,
         backbone_weights: str | None = None,
         optimizer: str = "adamw",
         lr: float = 1e-3,
@@ -96,12 +113,20 @@ class ImageClassifier(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        if network is None:
+            raise ConfigError(UNDESCRIBED_NETWORK)
+        if isinstance(network, nn.Module):
+            self.save_hyperparameters(ignore=["network"])
+            self.hparams["network"] = describe_network(network)  # None: loading needs the module again
+        else:
+            self.save_hyperparameters()
+            if isinstance(network, Path):
+                self.hparams["network"] = str(network)
+        num_classes, in_chans = _sizes(network, num_classes, in_chans)
+        self.hparams.update(num_classes=num_classes, in_chans=in_chans)
         self.optim = OptimizerConfig(optimizer, lr, backbone_lr, weight_decay, momentum, schedule, warmup_epochs)
         _check_config(self.optim, label_smoothing, mixup_alpha, cutmix_alpha, distill_alpha, distill_temperature)
-        self.network = build_network(
-            network, num_classes=num_classes, in_chans=in_chans, backbone_weights=backbone_weights
-        )
+        self.network = _network(network, num_classes, in_chans, backbone_weights)
         self.teacher = _build_teacher(distillation, teacher, teacher_weights, num_classes, in_chans)
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
@@ -130,6 +155,15 @@ class ImageClassifier(L.LightningModule):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self._forward(x)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Records which network class was trained, so a loader can say what to pass when it has no description."""
+        network = self.network
+        checkpoint[CHECKPOINT_KEY] = {
+            "network_type": f"{type(network).__module__}.{type(network).__qualname__}",
+            "described": self.hparams.get("network") is not None,
+        }
 
     # --- frozen-feature caching -------------------------------------------------------------------------------
 
@@ -178,6 +212,7 @@ class ImageClassifier(L.LightningModule):
         if self.mix is not None:
             images, targets = self.mix(images, labels)  # targets: (B, num_classes) mixed one-hot
         outputs = self(images)
+        self._checked(class_logits(outputs))
         loss = self._loss(outputs, targets, images)
         if not self._all_finite(loss):
             raise TrainingError(self._non_finite_message(loss, batch_idx))
@@ -201,10 +236,20 @@ class ImageClassifier(L.LightningModule):
 
     def _evaluate(self, batch: Batch, stage: str) -> None:
         images, labels = batch
-        logits = class_logits(self(images))
+        logits = self._checked(class_logits(self(images)))
         loss = F.cross_entropy(logits, labels)
         self.log(f"{stage}_loss", loss, prog_bar=True, sync_dist=True, batch_size=len(labels))
         self._log_accuracy(stage, logits, labels)
+
+    def _checked(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` (B, num_classes), or a clear error when the network outputs another number of classes."""
+        if logits.ndim != 2 or logits.shape[-1] != self.num_classes:
+            raise ConfigError(
+                f"the network outputs logits of shape {tuple(logits.shape)} but the classifier expects "
+                f"(batch, {self.num_classes}) for num_classes={self.num_classes}: make the network's classifier "
+                "match the data (attngraft.graft(..., num_classes=N) re-initialises it)"
+            )
+        return logits
 
     def _log_accuracy(self, stage: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
         metrics = cast(MetricCollection, self.metrics[f"{stage}_metrics"])
@@ -327,6 +372,53 @@ def _check_config(
         ("distill_temperature", temperature, temperature > 0, "a positive number"),
     ]
     check_values("model", checks)
+
+
+def _sizes(network: NetworkArgument, num_classes: int | None, in_chans: int | None) -> tuple[int, int]:
+    """(classes, channels): as given, else a module's own, else the defaults of a described network (10, 1)."""
+    if not isinstance(network, nn.Module):
+        return num_classes or 10, in_chans or 1
+    if in_chans is None:
+        in_chans = network.in_chans if isinstance(network, GraftedModel) else _first_conv_channels(network)
+    if num_classes is None:
+        num_classes = output_count(network, in_chans)
+    return num_classes, in_chans
+
+
+def _first_conv_channels(network: nn.Module) -> int:
+    try:
+        return int(getattr(network.get_submodule(first_conv_name(network)), "in_channels", 3))
+    except AttngraftError:
+        return 3
+
+
+def output_count(network: nn.Module, in_chans: int) -> int:
+    """Classes a module outputs: a grafted model's on its probe input, else its classifier's (Linear or 1×1 conv).
+
+    Raises:
+        ConfigError: When neither tells, asking for ``num_classes``.
+    """
+    if isinstance(network, GraftedModel):
+        sample = probe_sample(network, in_chans=in_chans, image_size=network.image_size)
+        with evaluating(network):
+            return int(class_logits(network(sample)).shape[-1])
+    name = classifier_name(network)
+    classifier = network.get_submodule(name) if name is not None else None
+    count = getattr(classifier, "out_features", getattr(classifier, "out_channels", None))
+    if not isinstance(count, int):
+        raise ConfigError(f"set num_classes: cannot tell how many classes {type(network).__name__} outputs")
+    return count
+
+
+def _network(network: NetworkArgument, num_classes: int, in_chans: int, backbone_weights: str | None) -> nn.Module:
+    """The module to train: ``network`` itself when it is one, else built from its description."""
+    if not isinstance(network, nn.Module):
+        return build_network(network, num_classes=num_classes, in_chans=in_chans, backbone_weights=backbone_weights)
+    if backbone_weights is not None:
+        raise ConfigError(
+            "model.backbone_weights applies to a network described as data; load a module's weights yourself"
+        )
+    return network
 
 
 def _build_teacher(

@@ -1,8 +1,10 @@
-"""The network a training run trains, described as data: a zoo name, a zoo dict, a graft spec or a spec file.
+"""The network a training run trains: a module the user built, or one described as data.
 
 ``resnet18`` or ``{name: vit, img_size: 28, patch_size: 4}`` build a zoo model; ``torchvision/resnet18`` or
 ``timm/resnet18`` a plain backbone; a mapping with ``backbone`` (or a ``.yaml`` path) a grafted model. The number
-of classes and input channels come from the data; a graft spec that states other values is an error.
+of classes and input channels come from the data; a graft spec that states other values is an error. A module
+(e.g. ``attngraft.graft(torchvision.models.resnet50(), ...)``) trains as it is; :func:`describe_network` gives the
+description that rebuilds it, when there is one, so that its checkpoints reload without the module.
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ from typing import Any
 from torch import nn
 
 from attngraft.errors import ConfigError
-from attngraft.grafting import build, load_spec
+from attngraft.grafting import GraftedModel, build, load_spec
 from attngraft.grafting.backbone import create_backbone
 from attngraft.grafting.spec import check_spec
 from attngraft.models import create_model
 
 NetworkConfig = str | Mapping[str, Any]
+# What ImageClassifier takes: a description, a spec file path, or the module itself.
+NetworkArgument = Mapping[str, Any] | str | Path | nn.Module
 SPEC_SUFFIXES = (".yaml", ".yml")
 
 
 def build_network(
-    network: NetworkConfig, *, num_classes: int, in_chans: int, backbone_weights: str | None = None
+    network: NetworkConfig | Path, *, num_classes: int, in_chans: int, backbone_weights: str | None = None
 ) -> nn.Module:
     """Builds the network ``network`` describes for ``num_classes`` outputs and ``in_chans`` input channels.
 
@@ -39,6 +43,8 @@ def build_network(
         ConfigError: For a mapping that is neither form, options on a non-spec network, or a spec whose
             ``num_classes``/``in_chans`` disagree with the data.
     """
+    if isinstance(network, Path):
+        network = str(network)
     if isinstance(network, str) and network.endswith(SPEC_SUFFIXES):
         return _build_spec(load_spec(network), num_classes, in_chans, backbone_weights, source=network)
     if backbone_weights is not None and not (isinstance(network, Mapping) and "backbone" in network):
@@ -73,3 +79,29 @@ def _build_spec(
             raise ConfigError(f"model.backbone_weights: no file at {backbone_weights}")
         spec["weights"] = backbone_weights
     return build(spec)
+
+
+def describe_network(network: nn.Module) -> NetworkConfig | None:
+    """The description that rebuilds ``network`` with :func:`build_network`, or None when there is none.
+
+    A model grafted by :func:`attngraft.build` keeps its spec (``network.spec``); a zoo model made by
+    :func:`attngraft.create_model` keeps its name and options (``network.zoo_config``). A module built by
+    other code, even one grafted with :func:`attngraft.graft`, has no description: only the same module can take
+    its weights.
+    """
+    if isinstance(network, GraftedModel):
+        return _plain(dict(network.spec)) if network.spec else None
+    config = getattr(network, "zoo_config", None)
+    if not isinstance(config, Mapping) or not isinstance(config.get("name"), str):
+        return None
+    # The classes and channels are the classifier's own hyperparameters, given to build_network separately.
+    return _plain({key: value for key, value in config.items() if key not in ("num_classes", "in_chans")})
+
+
+def _plain(value: Any) -> Any:
+    """Lists, dicts and scalars only (paths as strings), so the description saves as YAML and in checkpoints."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return str(value) if isinstance(value, Path) else value
