@@ -267,10 +267,10 @@ def _split(
     spec: DatasetSpec, dataset: Dataset[Any], sizes: dict[str, int | float], seed: int, where: Path
 ) -> dict[str, list[int]]:
     """Item indices of ``train`` and the held-out splits of ``sizes``."""
-    if not spec.stratify:
-        train, val = split_indices(len(dataset), sizes["val"], seed)  # type: ignore[arg-type]
-        return {"train": train, "val": val}
     try:
+        if not spec.stratify:
+            train, val = split_indices(len(dataset), sizes["val"], seed)  # type: ignore[arg-type]
+            return {"train": train, "val": val}
         return stratified_split(
             dataset.targets,  # type: ignore[attr-defined]
             sizes,
@@ -279,4 +279,4 @@ def _split(
             class_names=dataset.classes,  # type: ignore[attr-defined]
         )
     except ValueError as error:
-        raise ConfigError(str(error)) from None
+        raise ConfigError(f"data: {error}") from None

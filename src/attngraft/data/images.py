@@ -80,9 +80,8 @@ def canonical_image(image: Image.Image) -> Image.Image:
 def _composite_on_black(image: Image.Image) -> Image.Image:
     """Premultiplies the colour by the alpha channel and drops it: ``LA`` → ``L``, the others → ``RGB``."""
     grey = image.mode in ("LA", "La")
-    base = image.convert("LA" if grey else "RGBA")
-    black = Image.new(base.mode, base.size, 0)
-    return Image.alpha_composite(black.convert("RGBA"), base.convert("RGBA")).convert("L" if grey else "RGB")
+    opaque_black = Image.new("RGBA", image.size, (0, 0, 0, 255))
+    return Image.alpha_composite(opaque_black, image.convert("RGBA")).convert("L" if grey else "RGB")
 
 
 class ImageFolderDataset(torchvision.datasets.ImageFolder):  # type: ignore[misc]

@@ -76,8 +76,8 @@ def _file_pixels(dataset: Any, indices: list[int], channels: int, max_images: in
     sums, squares, count = torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64), 0
     for pick in picks.tolist():
         image = dataset[indices[pick]][0]
-        native = torch.as_tensor(np.asarray(image))
-        shapes[(1 if native.ndim == 2 else native.shape[2], native.shape[0], native.shape[1])] += 1
+        native = np.asarray(image).shape  # (H, W) or (H, W, C)
+        shapes[(1 if len(native) == 2 else native[2], native[0], native[1])] += 1
         pixels = to_tensor(image).to(torch.float64).flatten(1)  # (C, H*W)
         sums += pixels.sum(dim=1)
         squares += (pixels**2).sum(dim=1)
