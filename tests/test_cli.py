@@ -27,7 +27,9 @@ def test_data_prints_location_splits_and_class_counts(tmp_path: Path, capsys: py
     assert f"found in     {tmp_path}" in out
     assert "train 100 + val 5000 (official train 5100), test 30" in out
     assert "image shape  1x28x28" in out
-    assert re.search(r"^\s+9\s+9 - nine\s+510\s+3$", out, re.MULTILINE)
+    row = re.search(r"^\s+9\s+9 - nine\s+(\d+)\s+(\d+)\s+3$", out, re.MULTILINE)  # train, val, test
+    assert row is not None
+    assert int(row[1]) + int(row[2]) == 510
 
 
 def test_data_list(capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,13 +21,29 @@ from attngraft.errors import AttngraftError, ConfigError, UnknownNameError
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _format_summary_rows(name: str, data_dir: str | None, download: bool) -> list[str]:
+def _format_summary_rows(
+    name: str,
+    data_dir: str | None,
+    download: bool,
+    *,
+    val_size: int | float | None = None,
+    test_size: int | float | None = None,
+    seed: int = 0,
+) -> list[str]:
     from attngraft.data import summarize
 
-    summary = summarize(name, data_dir=data_dir, download=download)
+    summary = summarize(name, data_dir=data_dir, download=download, val_size=val_size, test_size=test_size, seed=seed)
     sizes = summary.split_sizes
     channels, height, width = summary.image_shape
     official_train = sizes["train"] + sizes["val"]
+    if summary.layout == "flat":
+        splits = f"train {sizes['train']}, val {sizes['val']}, test {sizes['test']} (of {sum(sizes.values())} images)"
+    else:
+        splits = f"train {sizes['train']} + val {sizes['val']} (official train {official_train}), test {sizes['test']}"
+    layout = "<class>/<image>, split by val_size and test_size" if summary.layout == "flat" else "train/test"
+    shape = f"{channels}x{height}x{width}"
+    if summary.image_shapes > 1:
+        shape = f"{summary.image_shapes} shapes, most often {shape} (of {summary.measured_images} images measured)"
 
     def join(values: tuple[float, ...]) -> str:
         return ", ".join(f"{value:.4f}" for value in values)
@@ -36,29 +52,49 @@ def _format_summary_rows(name: str, data_dir: str | None, download: bool) -> lis
         f"dataset      {summary.name}",
         f"found in     {summary.source}",
         f"read from    {summary.root}",
-        f"splits       train {sizes['train']} + val {sizes['val']} (official train {official_train}), "
-        f"test {sizes['test']}",
-        f"image shape  {channels}x{height}x{width}",
+        f"layout       {layout}",
+        f"splits       {splits}",
+        f"image shape  {shape}",
         f"mean         {join(summary.mean)}",
         f"std          {join(summary.std)}",
         "",
-        f"{'label':>5}  {'class':<24}{'train':>8}{'test':>8}",
+        f"{'label':>5}  {'class':<24}{'train':>8}{'val':>8}{'test':>8}",
     ]
+    counts = summary.class_counts
     for label, class_name in enumerate(summary.classes):
-        train_count, test_count = summary.class_counts["train"][label], summary.class_counts["test"][label]
-        rows.append(f"{label:>5}  {class_name:<24}{train_count:>8}{test_count:>8}")
+        row = "".join(f"{counts[split][label]:>8}" for split in ("train", "val", "test"))
+        rows.append(f"{label:>5}  {class_name:<24}{row}")
     return rows
+
+
+def _count_or_fraction(text: str) -> int | float:
+    """A held-out size from the command line: ``500`` (a count) or ``0.1`` (a fraction)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value.is_integer() and value >= 0:
+        return int(value)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0 or a fraction in (0, 1), got {text!r}")
+    return value
 
 
 def _run_data(args: argparse.Namespace) -> int:
     from attngraft.data import get_dataset_spec, list_datasets
+    from attngraft.errors import DataNotFoundError
 
     if args.list:
         for name in list_datasets():
             spec = get_dataset_spec(name)
             print(f"{name:<14}{spec.num_classes or '?':>4} classes  {type(spec.source).__name__}")
         return 0
-    print("\n".join(_format_summary_rows(args.name, args.data_dir, args.download)))
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise DataNotFoundError(f"dataset {args.name!r} not found: --data-dir {args.data_dir} is not a directory")
+    rows = _format_summary_rows(
+        args.name, args.data_dir, args.download, val_size=args.val_size, test_size=args.test_size, seed=args.split_seed
+    )
+    print("\n".join(rows))
     return 0
 
 
@@ -268,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir", help="directory searched first for the files")
     data.add_argument("--download", action="store_true", help="download with torchvision if not found")
     data.add_argument("--list", action="store_true", help="list the registered datasets")
+    data.add_argument("--val-size", type=_count_or_fraction, help="validation images, a count or a fraction")
+    data.add_argument(
+        "--test-size", type=_count_or_fraction, help="test images of a flat image folder (count/fraction)"
+    )
+    data.add_argument("--split-seed", type=int, default=0, help="seed of the split (default: 0)")
     data.set_defaults(handler=_run_data)
 
     blocks = commands.add_parser("blocks", help="list the attention blocks: family, input layout, parameters")

@@ -106,3 +106,17 @@ class _RunsCode:
 
 def malicious_pickle(marker: Path) -> bytes:
     return pickle.dumps({"data": _RunsCode(marker), "labels": []}, protocol=2)
+
+
+def write_class_folders(
+    root: Path, counts: dict[str, int], *, size: tuple[int, int] = (6, 4), seed: int = 0, suffix: str = ".png"
+) -> Path:
+    """Writes a flat ``root/<class>/<index>.png`` folder of random RGB images, ``counts[class]`` per class."""
+    rng = np.random.default_rng(seed)
+    for name, count in counts.items():
+        directory = root / name
+        directory.mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(directory / f"{index}{suffix}")
+    return root

@@ -18,7 +18,10 @@ def summary(fashion_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_sizes_and_balance(summary, fashion_mnist_dir: Path) -> None:
     assert summary.source == fashion_mnist_dir
     assert summary.split_sizes == {"train": 55_000, "val": 5_000, "test": 10_000}
-    assert summary.class_counts == {"train": [6_000] * 10, "test": [1_000] * 10}
+    counts = summary.class_counts
+    assert [train + val for train, val in zip(counts["train"], counts["val"], strict=True)] == [6_000] * 10
+    assert sum(counts["val"]) == 5_000
+    assert counts["test"] == [1_000] * 10
     assert summary.image_shape == (1, 28, 28)
     assert summary.classes[0] == "T-shirt/top"
     assert summary.classes[9] == "Ankle boot"

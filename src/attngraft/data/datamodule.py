@@ -14,10 +14,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import RandomSampler
 
-from attngraft.data.datasets import get_dataset_spec, load_split, locate_dataset
-from attngraft.data.splits import TransformedSubset, split_indices
-from attngraft.data.transforms import build_transform
-from attngraft.errors import check_values
+from attngraft.data.datasets import SplitPart, get_dataset_spec, locate_dataset, split_dataset
+from attngraft.data.splits import TransformedSubset
+from attngraft.data.transforms import Normalization, build_transform, normalization_statistics, resolve_normalization
+from attngraft.errors import ConfigError, check_values
 
 # torchdata 0.11 calls a torch API that torch 2.14 deprecates, once per loader iteration; nothing for users to fix.
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
@@ -31,20 +31,30 @@ def default_num_workers() -> int:
 class ImageDataModule(L.LightningDataModule):
     """Train/val/test loaders for a registered dataset.
 
-    The validation set is a seeded random subset of the official training set; the test set is the
-    official test set.
+    For a dataset with official train and test splits, the validation set is a seeded subset of the official
+    training set and the test set is the official test set. A flat image folder (``<class>/<image>``) is split into
+    train, val and test by ``val_size`` and ``test_size``. Image folders are split class by class (every class in
+    every split); see :func:`attngraft.data.split_dataset`.
 
     Args:
         dataset: Registered dataset name (see ``attngraft.data.list_datasets()``).
         data_dir: Directory searched first for the files.
         batch_size: Images per batch.
         num_workers: Loader processes; default one per core (at most 4).
-        val_size: Images held out of the official train set (or a fraction); default the dataset's.
+        val_size: Validation images: a count, or a fraction of the official train set (of all the images of a flat
+            image folder); default the dataset's (5000 for the registered datasets, 0.1 for image folders).
+        test_size: Test images of a flat image folder: a count or a fraction of all its images; default 0.1. Only
+            for a flat image folder: the other datasets have their own test split.
         train_size: Train on only this many of the remaining images (quick runs, tests); default all.
-        split_seed: Seed of the train/val split (independent of the training seed).
-        image_size: Resize images to this square side (e.g. 224 for ImageNet backbones).
-        channels: Replicate grey images to this many channels (3 for RGB backbones).
-        normalize: Normalise with the dataset's mean and std.
+        split_seed: Seed of the train/val(/test) split (independent of the training seed).
+        image_size: Resize images to this square side (e.g. 224 for ImageNet backbones); required for image
+            folders, whose images may have any size.
+        channels: Channels of the images the loaders give: 1 (colour images become grey by luma) or 3 (grey images
+            are replicated, for RGB backbones); default the dataset's own (3 for image folders).
+        normalize: ``"dataset"``: the dataset's mean and std (for image folders, ImageNet's); ``"imagenet"``:
+            ImageNet's (one channel: the averages of its three); ``"none"``: pixels in [0, 1]. ``"auto"``
+            (default): ``"dataset"``, unless the training room makes it ``"imagenet"`` for a backbone with ImageNet
+            weights (:meth:`adopt_backbone_normalization`). True and False mean ``"dataset"`` and ``"none"``.
         download: Allow torchvision's downloader when the files are not found (needs internet).
         train_augment: Augmentations for training images only.
         cache_images: Keep transformed images in memory after their first use, when the transform is deterministic
@@ -61,24 +71,31 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: int = 128,
         num_workers: int | None = None,
         val_size: int | float | None = None,
+        test_size: int | float | None = None,
         train_size: int | None = None,
         split_seed: int = 0,
         image_size: int | None = None,
         channels: int | None = None,
-        normalize: bool = True,
+        normalize: bool | Normalization = "auto",
         download: bool = False,
         train_augment: Sequence[torch.nn.Module] = (),
         cache_images: bool = True,
     ) -> None:
         super().__init__()
-        if isinstance(val_size, float) and val_size.is_integer() and val_size >= 1:
-            val_size = int(val_size)  # a count written as a float (YAML or a command line)
-        _check_config(batch_size, num_workers, val_size, train_size)
+        val_size, test_size = _as_count(val_size), _as_count(test_size)
         self.spec = get_dataset_spec(dataset)
+        _check_config(batch_size, num_workers, val_size, test_size, train_size, image_size, channels)
+        if image_size is None and self.spec.image_shape is None:
+            raise ConfigError(
+                f"data.image_size: expected a positive integer for {dataset}, whose images may have any size "
+                "(e.g. 224 for ImageNet backbones), got None"
+            )
+        self.normalization = resolve_normalization(normalize)
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.val_size = self.spec.val_size if val_size is None else val_size
+        self.test_size = test_size
         self.train_size = train_size
         self.split_seed = split_seed
         self.channels = channels
@@ -87,19 +104,48 @@ class ImageDataModule(L.LightningDataModule):
         self.train_augment = tuple(train_augment)
         self.cache_images = cache_images
         self.download = download
-        transform = partial(
-            build_transform,
-            self.spec.mean,
-            self.spec.std,
-            image_size=image_size,
-            channels=channels,
-            normalize=normalize,
-        )
-        self.train_transform = transform(augment=train_augment)
-        self.eval_transform = transform()
+        self._build_transforms()
         # Split name → dataset of (input, label); a feature cache may swap in precomputed backbone features.
         self.splits: dict[str, Dataset[tuple[torch.Tensor, int]]] = {}
         self.classes: list[str] = []
+
+    def _build_transforms(self) -> None:
+        mean, std = self.statistics
+        transform = partial(
+            build_transform,
+            mean,
+            std,
+            image_size=self.image_size,
+            channels=self.num_channels,
+            source_channels=self.spec.image_shape[0] if self.spec.image_shape is not None else None,
+            normalize=self.normalization != "none",
+        )
+        self.train_transform = transform(augment=self.train_augment)
+        self.eval_transform = transform()
+
+    @property
+    def statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The (mean, std) the images are normalised with, ((0.0,), (1.0,)) without normalisation.
+
+        As given (one value per channel of the dataset's or ImageNet's statistics); the transform fits them to
+        :attr:`num_channels` (:func:`attngraft.data.transforms.fit_statistics`).
+        """
+        statistics = normalization_statistics(self.normalization, self.spec.mean, self.spec.std)
+        return statistics if statistics is not None else ((0.0,), (1.0,))
+
+    def adopt_backbone_normalization(self, imagenet_weights: bool) -> str:
+        """Resolves ``normalize="auto"`` for the backbone: ImageNet's statistics when it has ImageNet weights.
+
+        Other settings are kept. Call it before :meth:`setup`.
+
+        Returns:
+            The normalisation now in use: ``"dataset"``, ``"imagenet"`` or ``"none"``.
+        """
+        if self.splits:
+            raise RuntimeError("adopt_backbone_normalization must be called before setup()")
+        self.normalization = resolve_normalization(self.normalize, imagenet_weights=imagenet_weights)
+        self._build_transforms()
+        return self.normalization
 
     def prepare_data(self) -> None:
         """Finds (and if needed stages or downloads) the files; runs once per node."""
@@ -107,37 +153,53 @@ class ImageDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Opens the splits needed for ``stage`` (fit, validate, test, predict or None for all)."""
+        wanted: list[str] = []
         if stage in (None, "fit", "validate") and "train" not in self.splits:
-            official_train = load_split(self.spec.name, train=True, data_dir=self.data_dir)
-            train_indices, val_indices = split_indices(len(official_train), self.val_size, self.split_seed)  # type: ignore[arg-type]
-            train_indices = train_indices[: self.train_size]
-            eval_key = self._memo_key(official_train, train=True, transform=self.eval_transform)
-            train_key = None if self.train_augment else eval_key  # random augmentations are never kept
-            self.splits["train"] = TransformedSubset(official_train, train_indices, self.train_transform, train_key)
-            self.splits["val"] = TransformedSubset(official_train, val_indices, self.eval_transform, eval_key)
-            self.classes = list(official_train.classes)  # type: ignore[attr-defined]
+            wanted += ["train", "val"]
         if stage in (None, "test", "predict") and "test" not in self.splits:
-            official_test = load_split(self.spec.name, train=False, data_dir=self.data_dir)
-            test_key = self._memo_key(official_test, train=False, transform=self.eval_transform)
-            test_indices = range(len(official_test))  # type: ignore[arg-type]
-            self.splits["test"] = TransformedSubset(official_test, test_indices, self.eval_transform, test_key)
-            self.classes = list(official_test.classes)  # type: ignore[attr-defined]
+            wanted.append("test")
+        if not wanted:
+            return
+        parts = split_dataset(
+            self.spec.name,
+            tuple(wanted),
+            data_dir=self.data_dir,
+            val_size=self.val_size,
+            test_size=self.test_size,
+            seed=self.split_seed,
+        )
+        for split, part in parts.items():
+            training = split == "train"
+            key = self._memo_key(part)
+            self.splits[split] = TransformedSubset(
+                part.dataset,
+                part.indices[: self.train_size] if training else part.indices,
+                self.train_transform if training else self.eval_transform,
+                None if training and self.train_augment else key,  # random augmentations are never kept
+            )
+            self.classes = list(part.dataset.classes)  # type: ignore[attr-defined]
 
-    def _memo_key(self, source: object, *, train: bool, transform: object) -> str | None:
-        """The key under which the transformed images of ``source`` are kept in memory; None: ``cache_images`` off."""
+    def _memo_key(self, part: SplitPart) -> str | None:
+        """The key under which the evaluation-transformed images of ``part`` are kept; None: ``cache_images`` off."""
         if not self.cache_images:
             return None
-        return f"{self.spec.name}|{getattr(source, 'root', '')}|train={train}|{len(source)}|{transform!r}"  # type: ignore[arg-type]
+        source = part.dataset
+        return f"{self.spec.name}|{getattr(source, 'root', '')}|{part.part}|{len(source)}|{self.eval_transform!r}"  # type: ignore[arg-type]
 
     @property
     def num_classes(self) -> int:
-        """Number of classes (known after :meth:`setup` for image folders)."""
-        return self.spec.num_classes if self.spec.num_classes is not None else len(self.classes)
+        """Number of classes; an image folder's are its class folders, listed (not read) on first use."""
+        if self.spec.num_classes is not None:
+            return self.spec.num_classes
+        if not self.classes:
+            located = locate_dataset(self.spec.name, data_dir=self.data_dir, download=self.download)
+            self.classes = self.spec.source.class_names(located.root) or []
+        return len(self.classes)
 
     @property
     def num_channels(self) -> int:
-        """Channels of the images the loaders give (after any replication)."""
-        return self.channels if self.channels is not None else len(self.spec.mean)
+        """Channels of the images the loaders give (after any conversion)."""
+        return self.channels if self.channels is not None else self.spec.channels
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader[tuple[torch.Tensor, int]]:
         """A resumable loader: Lightning stores its position (and shuffle state) in mid-epoch checkpoints.
@@ -185,19 +247,36 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
 
+def _as_count(size: int | float | None) -> int | float | None:
+    """A count written as a float (YAML or a command line: ``5000.0``) becomes an int; fractions stay."""
+    if isinstance(size, float) and size.is_integer() and size >= 1:
+        return int(size)
+    return size
+
+
 def _check_config(
-    batch_size: int, num_workers: int | None, val_size: int | float | None, train_size: int | None
+    batch_size: int,
+    num_workers: int | None,
+    val_size: int | float | None,
+    test_size: int | float | None,
+    train_size: int | None,
+    image_size: int | None,
+    channels: int | None,
 ) -> None:
     """Rejects invalid values before any data is read, naming the config key."""
     checks = [
         ("batch_size", batch_size, batch_size >= 1, "a positive integer"),
         ("num_workers", num_workers, num_workers is None or num_workers >= 0, ">= 0 or null"),
         ("train_size", train_size, train_size is None or train_size >= 1, "a positive integer or null"),
-        (
-            "val_size",
-            val_size,
-            val_size is None or (val_size >= 0 if isinstance(val_size, int) else 0 < val_size < 1),
-            "a count >= 0, a fraction in (0, 1), or null",
-        ),
+        ("val_size", val_size, _valid_size(val_size), "a count >= 0, a fraction in (0, 1), or null"),
+        ("test_size", test_size, _valid_size(test_size), "a count >= 0, a fraction in (0, 1), or null"),
+        ("image_size", image_size, image_size is None or image_size >= 1, "a positive integer or null"),
+        ("channels", channels, channels in (None, 1, 3), "1 (grey), 3 (RGB) or null"),
     ]
     check_values("data", checks)
+    if isinstance(val_size, float) and isinstance(test_size, float) and val_size + test_size >= 1:
+        raise ConfigError(f"data.val_size + data.test_size: expected a sum below 1, got {val_size} + {test_size}")
+
+
+def _valid_size(size: int | float | None) -> bool:
+    return size is None or (size >= 0 if isinstance(size, int) else 0 < size < 1)

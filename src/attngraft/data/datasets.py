@@ -20,13 +20,12 @@ from attngraft.data.sources import (
     Located,
     Source,
 )
-from attngraft.errors import DataNotFoundError
+from attngraft.data.splits import split_indices, stratified_split
+from attngraft.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from attngraft.errors import ConfigError, DataNotFoundError
 from attngraft.registry import Registry
 
 logger = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -38,9 +37,12 @@ class DatasetSpec:
         source: How its files are found and opened.
         mean: Per-channel mean of the training images in [0, 1] (normalisation statistics).
         std: Per-channel standard deviation of the training images.
-        val_size: Images of the official train set held out for validation (a float in (0, 1): a fraction).
+        val_size: Images of the official train set held out for validation (a float in (0, 1): a fraction); for a
+            flat image folder, a count or fraction of all its images.
+        test_size: Images of a flat image folder held out for testing (count or fraction of all its images).
         num_classes: Number of classes, or None when it depends on the files (image folders).
-        image_shape: (C, H, W) of every image, or None when sizes vary.
+        image_shape: (C, H, W) of every image, or None when sizes and modes vary (then channels default to 3).
+        stratify: Split class by class (image folders), rather than by one seeded permutation.
         install_hint: Extra ways to get the files, shown when they are not found.
     """
 
@@ -49,9 +51,16 @@ class DatasetSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     val_size: int | float
+    test_size: int | float = 0
     num_classes: int | None = None
     image_shape: tuple[int, int, int] | None = None
+    stratify: bool = False
     install_hint: str = ""
+
+    @property
+    def channels(self) -> int:
+        """Channels of the images the data module gives by default: the images' own, else 3 (RGB)."""
+        return self.image_shape[0] if self.image_shape is not None else 3
 
     @property
     def can_download(self) -> bool:
@@ -121,9 +130,11 @@ _register(
     DatasetSpec(
         name="imagefolder",
         source=ImageFolderSource(),
-        mean=IMAGENET_MEAN,
+        mean=IMAGENET_MEAN,  # nothing measured: the user's images are most often photographs
         std=IMAGENET_STD,
         val_size=0.1,
+        test_size=0.1,
+        stratify=True,
     )
 )
 
@@ -182,3 +193,90 @@ def load_split(name: str, train: bool, data_dir: str | Path | None = None, downl
     """Opens the official train (``train=True``) or test split of dataset ``name`` (images as PIL, no transform)."""
     located = locate_dataset(name, data_dir=data_dir, download=download)
     return get_dataset_spec(name).source.open(located.root, train=train)
+
+
+@dataclass(frozen=True)
+class SplitPart:
+    """The images of one split: items of a dataset (an official split, or the whole of a flat image folder).
+
+    Attributes:
+        dataset: The dataset the indices point into (images as PIL, no transform).
+        indices: Which of its items, in a seeded order.
+        part: Which official part ``dataset`` is: ``train``, ``test``, or ``all`` (a flat folder).
+    """
+
+    dataset: Dataset[Any]
+    indices: list[int]
+    part: str
+
+
+def split_dataset(
+    name: str,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+    *,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    val_size: int | float | None = None,
+    test_size: int | float | None = None,
+    seed: int = 0,
+) -> dict[str, SplitPart]:
+    """The train, val and test images of dataset ``name``, as the data module and ``attngraft data`` use them.
+
+    Datasets with official train and test splits hold ``val_size`` images out of the train split; a flat image
+    folder (``<class>/<image>``) is split three ways by ``val_size`` and ``test_size`` (fractions are of all its
+    images). Image folders are split class by class (:func:`stratified_split`); the others by one permutation.
+
+    Args:
+        name: Registered dataset name.
+        splits: Which of ``train``, ``val`` and ``test`` to open (the official test split is read only if asked).
+        data_dir: A directory searched first.
+        download: Allow torchvision's downloader.
+        val_size: Validation images, a count or a fraction; default the dataset's.
+        test_size: Test images of a flat image folder, a count or a fraction; default the dataset's.
+        seed: Seed of the split.
+
+    Raises:
+        ConfigError: If ``test_size`` is given for a dataset with its own test split, or a class of an image folder
+            has too few images for the split (naming the folder and the class).
+    """
+    spec = get_dataset_spec(name)
+    located = locate_dataset(name, data_dir=data_dir, download=download)
+    val_size = spec.val_size if val_size is None else val_size
+    if located.layout == "flat":
+        test_size = spec.test_size if test_size is None else test_size
+        folder = spec.source.open(located.root, train=True)
+        indices = _split(spec, folder, {"val": val_size, "test": test_size}, seed, located.root)
+        return {split: SplitPart(folder, indices[split], "all") for split in splits}
+    if test_size is not None:
+        raise ConfigError(
+            f"data.test_size: {name} in {located.source} has its own test split; test_size applies only to a "
+            "folder of class folders"
+        )
+    parts: dict[str, SplitPart] = {}
+    if "train" in splits or "val" in splits:
+        official_train = spec.source.open(located.root, train=True)
+        indices = _split(spec, official_train, {"val": val_size}, seed, located.root)
+        parts.update({split: SplitPart(official_train, indices[split], "train") for split in ("train", "val")})
+    if "test" in splits:
+        official_test = spec.source.open(located.root, train=False)
+        parts["test"] = SplitPart(official_test, list(range(len(official_test))), "test")  # type: ignore[arg-type]
+    return {split: parts[split] for split in splits}
+
+
+def _split(
+    spec: DatasetSpec, dataset: Dataset[Any], sizes: dict[str, int | float], seed: int, where: Path
+) -> dict[str, list[int]]:
+    """Item indices of ``train`` and the held-out splits of ``sizes``."""
+    try:
+        if not spec.stratify:
+            train, val = split_indices(len(dataset), sizes["val"], seed)  # type: ignore[arg-type]
+            return {"train": train, "val": val}
+        return stratified_split(
+            dataset.targets,  # type: ignore[attr-defined]
+            sizes,
+            seed,
+            where=str(getattr(dataset, "root", where)),
+            class_names=dataset.classes,  # type: ignore[attr-defined]
+        )
+    except ValueError as error:
+        raise ConfigError(f"data: {error}") from None

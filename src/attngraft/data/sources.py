@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torchvision
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from typing_extensions import override
 
 from attngraft._io import atomic_path
 from attngraft.data import formats
+from attngraft.data.images import ImageFolderDataset, class_folders
 from attngraft.data.locate import is_fresh, search_roots, stage_gunzip, stage_tar, staging_dir
 from attngraft.errors import CorruptDataError, DataNotFoundError
 
@@ -32,10 +32,13 @@ class Located:
     Attributes:
         root: The directory to hand to the torchvision dataset class.
         source: The directory the files came from (equal to ``root`` when nothing was staged).
+        layout: ``"train/test"``: official train and test splits. ``"flat"``: one folder of class folders, which the
+            data module splits into train, val and test.
     """
 
     root: Path
     source: Path
+    layout: str = "train/test"
 
 
 class Source:
@@ -54,6 +57,10 @@ class Source:
     def open(self, root: Path, train: bool) -> Dataset[Any]:
         """Opens the official train (``train=True``) or test split from a root returned by :meth:`find`."""
         raise NotImplementedError
+
+    def class_names(self, root: Path) -> list[str] | None:
+        """The class names, when they can be listed without reading the images (image folders); else None."""
+        return None
 
     def download(self, root: Path) -> None:
         """Downloads the dataset into ``root`` with torchvision's downloader."""
@@ -224,20 +231,21 @@ class CifarSource(Source):
         return f"{self.base_folder}/ (extracted) or {self.archive}"
 
 
-def _image_loader(path: str) -> Image.Image:
-    """Torchvision's default PIL loader, with errors that name the file."""
-    try:
-        with open(path, "rb") as file:
-            image = Image.open(file)
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise CorruptDataError(f"{path}: unreadable image ({error})") from None
-
-
 class ImageFolderSource(Source):
-    """A folder with ``train/`` and ``test/`` sub-folders, each holding one sub-folder of images per class.
+    """The user's images: one sub-folder per class, either split or not.
 
-    Only an explicit ``data_dir`` or ``$ATTNGRAFT_DATA`` is searched: there is no default location.
+    Two layouts, told apart by this rule:
+
+    - ``train/<class>/<image>`` and ``test/<class>/<image>`` (**train/test**): the folder has sub-folders named
+      ``train`` and ``test`` that both hold sub-folders. No other visible sub-folder may stand beside them (an error
+      names it). The validation images are held out of ``train/``; ``test/`` is the test set and must have the
+      classes of ``train/``.
+    - ``<class>/<image>`` (**flat**): any other folder with visible sub-folders; every one is a class, split into
+      train/val/test by the data module. A flat folder whose only classes are ``train`` and ``test`` is read as flat
+      when those hold images directly and no sub-folders.
+
+    Only an explicit ``data_dir`` or ``$ATTNGRAFT_DATA`` is searched: there is no default location. Images are read
+    by :func:`attngraft.data.images.load_image` (any mode, converted to grey or RGB).
     """
 
     SPLITS: ClassVar[tuple[str, str]] = ("train", "test")
@@ -248,18 +256,48 @@ class ImageFolderSource(Source):
 
     @override
     def find(self, candidate: Path, name: str) -> Located | None:
-        if all((candidate / split).is_dir() for split in self.SPLITS):
-            return Located(root=candidate, source=candidate)
-        return None
+        layout = folder_layout(candidate)
+        return None if layout is None else Located(root=candidate, source=candidate, layout=layout)
 
     @override
     def open(self, root: Path, train: bool) -> Dataset[Any]:
-        folder = root / ("train" if train else "test")
-        try:
-            return torchvision.datasets.ImageFolder(str(folder), loader=_image_loader)
-        except FileNotFoundError as error:
-            raise DataNotFoundError(f"{folder}: {error}") from None
+        if folder_layout(root) == "flat":
+            if not train:
+                raise DataNotFoundError(
+                    f"{root}: no test/ folder; its test images are split off the class folders (data.test_size)"
+                )
+            return ImageFolderDataset(root)
+        if train:
+            return ImageFolderDataset(root / "train")
+        return ImageFolderDataset(root / "test", classes=class_folders(root / "train"))
+
+    @override
+    def class_names(self, root: Path) -> list[str] | None:
+        return class_folders(root if folder_layout(root) == "flat" else root / "train")
 
     @override
     def expected_layout(self) -> str:
-        return "train/<class>/<image> and test/<class>/<image>"
+        return "<class>/<image> folders, or train/<class>/<image> and test/<class>/<image>"
+
+
+def folder_layout(folder: Path) -> str | None:
+    """``"train/test"`` or ``"flat"`` by :class:`ImageFolderSource`'s rule; None without visible sub-folders.
+
+    Raises:
+        CorruptDataError: When ``train/`` and ``test/`` split folders stand beside other folders.
+    """
+    if not folder.is_dir():
+        return None
+    folders = class_folders(folder)
+    if not folders:
+        return None
+    splits = ImageFolderSource.SPLITS
+    if not all(split in folders and class_folders(folder / split) for split in splits):
+        return "flat"
+    others = [name for name in folders if name not in splits]
+    if others:
+        raise CorruptDataError(
+            f"{folder}: train/ and test/ split folders beside other folders ({', '.join(others)}); an image folder "
+            "holds either train/<class>/ and test/<class>/, or only <class>/ folders"
+        )
+    return "train/test"

@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from attngraft.data.datasets import get_dataset_spec, locate_dataset
-from attngraft.data.splits import split_indices
+from attngraft.data.datasets import SplitPart, get_dataset_spec, locate_dataset, split_dataset
+from attngraft.data.transforms import build_transform
+
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -21,70 +24,126 @@ class DatasetSummary:
         name: Registered name.
         source: Where the files were found.
         root: The directory torchvision reads (the staging cache when files were decompressed or extracted).
-        split_sizes: Images per split: ``train`` and ``val`` (from the official train set) and ``test``.
+        layout: ``"train/test"`` (official train and test splits) or ``"flat"`` (one folder of class folders).
+        split_sizes: Images per split: ``train``, ``val`` and ``test``, as the data module's defaults split them.
         classes: Class names in label order.
-        class_counts: Images per class in the official ``train`` and ``test`` sets.
-        image_shape: (C, H, W) of the first training image.
-        mean: Per-channel pixel mean in [0, 1] over the official train set (measured).
-        std: Per-channel pixel standard deviation over the official train set (measured).
+        class_counts: Images per class in each split (``train``, ``val``, ``test``).
+        image_shape: (C, H, W) of the most common measured image shape (C after grey/RGB conversion).
+        image_shapes: Number of distinct (C, H, W) among the measured images.
+        measured_images: Images the shapes and statistics were measured on.
+        mean: Per-channel pixel mean in [0, 1] of the measured training images.
+        std: Per-channel pixel standard deviation of the measured training images.
     """
 
     name: str
     source: Path
     root: Path
+    layout: str
     split_sizes: dict[str, int]
     classes: list[str]
     class_counts: dict[str, list[int]]
     image_shape: tuple[int, int, int]
+    image_shapes: int
+    measured_images: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
 
-def _pixels(dataset: Any, max_images: int) -> np.ndarray:
-    """Returns the images as a uint8 array (N, H, W, C); all of them when held in memory, else the first few."""
-    data = getattr(dataset, "data", None)
-    if data is not None:
-        array = np.asarray(data)
-        return array[..., None] if array.ndim == 3 else array  # (N, H, W, C)
-    images = [np.asarray(dataset[index][0]) for index in range(min(len(dataset), max_images))]
-    return np.stack([image[..., None] if image.ndim == 2 else image for image in images])  # (N, H, W, C)
+@dataclass(frozen=True)
+class _Pixels:
+    shapes: Counter[tuple[int, int, int]]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
 
-def pixel_statistics(dataset: Any, max_images: int = 1_000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _in_memory_pixels(data: Any) -> _Pixels:
+    """Statistics of every image of an in-memory uint8 array (MNIST, CIFAR)."""
+    array = np.asarray(data)
+    array = array[..., None] if array.ndim == 3 else array  # (N, H, W, C)
+    pixels = array.astype(np.float64) / 255.0
+    flat = pixels.reshape(-1, pixels.shape[-1])  # (N*H*W, C)
+    count, height, width, channels = array.shape
+    return _Pixels(
+        Counter({(channels, height, width): count}), tuple(flat.mean(axis=0).tolist()), tuple(flat.std(axis=0).tolist())
+    )
+
+
+def _file_pixels(dataset: Any, indices: list[int], channels: int, max_images: int) -> _Pixels:
+    """Statistics of up to ``max_images`` images spread evenly over ``indices``, each converted to ``channels``."""
+    to_tensor = build_transform((0.0,), (1.0,), channels=channels, source_channels=None, normalize=False)
+    picks = np.unique(np.linspace(0, len(indices) - 1, num=min(len(indices), max_images)).round().astype(int))
+    shapes: Counter[tuple[int, int, int]] = Counter()
+    sums, squares, count = torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64), 0
+    for pick in picks.tolist():
+        image = dataset[indices[pick]][0]
+        native = np.asarray(image).shape  # (H, W) or (H, W, C)
+        shapes[(1 if len(native) == 2 else native[2], native[0], native[1])] += 1
+        pixels = to_tensor(image).to(torch.float64).flatten(1)  # (C, H*W)
+        sums += pixels.sum(dim=1)
+        squares += (pixels**2).sum(dim=1)
+        count += pixels.shape[1]
+    mean = sums / count
+    std = (squares / count - mean**2).clamp_min(0).sqrt()
+    return _Pixels(shapes, tuple(mean.tolist()), tuple(std.tolist()))
+
+
+def pixel_statistics(
+    dataset: Any, max_images: int = 1_000, *, channels: int | None = None, indices: list[int] | None = None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation of pixel values scaled to [0, 1].
 
-    In-memory datasets (MNIST, CIFAR) use every image; others the first ``max_images`` (all the same size).
+    In-memory datasets (MNIST, CIFAR) use every image; others ``max_images`` spread over ``indices`` (default all),
+    each converted to ``channels`` (default 3), so images of any size and mode can be measured together.
     """
-    pixels = _pixels(dataset, max_images).astype(np.float64) / 255.0
-    flat = pixels.reshape(-1, pixels.shape[-1])  # (N*H*W, C)
-    return tuple(flat.mean(axis=0).tolist()), tuple(flat.std(axis=0).tolist())
+    pixels = _measure(dataset, max_images, channels or 3, indices)
+    return pixels.mean, pixels.std
 
 
-def _class_counts(dataset: Any, num_classes: int) -> list[int]:
-    counts = Counter(int(label) for label in np.asarray(dataset.targets).tolist())
+def _measure(dataset: Any, max_images: int, channels: int, indices: list[int] | None) -> _Pixels:
+    data = getattr(dataset, "data", None)
+    if data is not None:
+        return _in_memory_pixels(data)
+    return _file_pixels(dataset, list(range(len(dataset))) if indices is None else indices, channels, max_images)
+
+
+def _class_counts(part: SplitPart, num_classes: int) -> list[int]:
+    targets = np.asarray(part.dataset.targets)  # type: ignore[attr-defined]
+    counts = Counter(targets[part.indices].tolist())
     return [counts.get(label, 0) for label in range(num_classes)]
 
 
-def summarize(name: str, data_dir: str | Path | None = None, download: bool = False) -> DatasetSummary:
-    """Locates dataset ``name`` and measures its splits, class balance, image shape and pixel statistics."""
+def summarize(
+    name: str,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    *,
+    val_size: int | float | None = None,
+    test_size: int | float | None = None,
+    seed: int = 0,
+    max_images: int = 1_000,
+) -> DatasetSummary:
+    """Locates dataset ``name`` and measures its splits, class balance, image shapes and pixel statistics.
+
+    The splits are the data module's (:func:`attngraft.data.split_dataset`) for the given sizes and seed; the
+    defaults are the data module's. Datasets read from files are measured on ``max_images`` training images.
+    """
     spec = get_dataset_spec(name)
     located = locate_dataset(name, data_dir=data_dir, download=download)
-    train = spec.source.open(located.root, train=True)
-    test = spec.source.open(located.root, train=False)
-    train_indices, val_indices = split_indices(len(train), spec.val_size, seed=0)  # type: ignore[arg-type]
-    classes = list(train.classes)  # type: ignore[attr-defined]
-    first_image = np.asarray(train[0][0])
-    height, width = first_image.shape[:2]
-    channels = 1 if first_image.ndim == 2 else first_image.shape[2]
-    mean, std = pixel_statistics(train)
+    parts = split_dataset(name, SPLITS, data_dir=data_dir, val_size=val_size, test_size=test_size, seed=seed)
+    classes = list(parts["train"].dataset.classes)  # type: ignore[attr-defined]
+    train = parts["train"]
+    pixels = _measure(train.dataset, max_images, spec.channels, sorted(train.indices))
     return DatasetSummary(
         name=name,
         source=located.source,
         root=located.root,
-        split_sizes={"train": len(train_indices), "val": len(val_indices), "test": len(test)},  # type: ignore[arg-type]
+        layout=located.layout,
+        split_sizes={split: len(parts[split].indices) for split in SPLITS},
         classes=classes,
-        class_counts={"train": _class_counts(train, len(classes)), "test": _class_counts(test, len(classes))},
-        image_shape=(channels, height, width),
-        mean=mean,
-        std=std,
+        class_counts={split: _class_counts(parts[split], len(classes)) for split in SPLITS},
+        image_shape=pixels.shapes.most_common(1)[0][0],
+        image_shapes=len(pixels.shapes),
+        measured_images=pixels.shapes.total(),
+        mean=pixels.mean,
+        std=pixels.std,
     )
