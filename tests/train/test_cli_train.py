@@ -168,3 +168,23 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_reduces_metrics(
     with torch.no_grad():
         accuracy = (module(images).argmax(dim=1) == labels).float().mean().item()
     assert ranks[0]["val_acc"] == pytest.approx(accuracy, abs=1e-6)
+
+
+@pytest.mark.parametrize(("weights", "expected"), [("imagenet", "imagenet"), (None, "dataset")])
+def test_auto_normalisation_follows_the_backbone_weights(
+    write_recipe, tmp_path: Path, monkeypatch, weights: str | None, expected: str
+) -> None:
+    import torchvision
+
+    from attngraft.train.cli import AttngraftCLI
+
+    # A stand-in for torchvision's ImageNet file in torch hub's cache (random weights; nothing is downloaded).
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), cache / "resnet18-f37072fd.pth")
+    network = {"backbone": "torchvision/resnet18", "weights": weights, "image_size": 32}
+    recipe = write_recipe(model={"network": network}, data={"normalize": "auto", "image_size": 32})
+    cli = AttngraftCLI(["--config", str(recipe), "--trainer.default_root_dir", str(tmp_path / "runs")], run=False)
+    assert cli.datamodule.normalization == expected
+    assert cli.config["data"]["normalize"] == expected  # what the saved config.yaml records

@@ -466,7 +466,7 @@ def _check_fit(
 
 def display_statistics(datamodule: ImageDataModule) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The (mean, std) that undo the data module's normalisation ((0,), (1,) when it does not normalise)."""
-    return (datamodule.spec.mean, datamodule.spec.std) if datamodule.normalize else ((0.0,), (1.0,))
+    return datamodule.statistics
 
 
 def _classes_if_found(datamodule: ImageDataModule) -> list[str]:

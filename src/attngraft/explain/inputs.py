@@ -10,17 +10,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 
+from attngraft.data import load_image
 from attngraft.data.datamodule import ImageDataModule
-from attngraft.errors import ConfigError
+from attngraft.errors import ConfigError, CorruptDataError
 from attngraft.train import checkpoint as train_checkpoint
 
 # The data settings that decide what the network sees; loader and training settings do not matter here.
-DATA_KEYS = ("dataset", "data_dir", "image_size", "channels", "normalize", "val_size", "split_seed")
+DATA_KEYS = ("dataset", "data_dir", "image_size", "channels", "normalize", "val_size", "test_size", "split_seed")
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,15 @@ def official_test_samples(datamodule: ImageDataModule, count: int, per_class: in
     return taken
 
 
+def _with_channels(picture: Image.Image, channels: int | None) -> Image.Image:
+    """A decoded image (``L``, ``RGB`` or 16-bit-exact grey ``F``) with the channels the dataset's images have."""
+    if channels == 1 and picture.mode == "RGB":
+        return picture.convert("L")
+    if channels == 3 and picture.mode == "F":  # grey in [0, 1]: to 8 bits, as the RGB datasets store their images
+        picture = Image.fromarray(np.round(np.asarray(picture) * 255).astype(np.uint8), mode="L")
+    return picture.convert("RGB") if channels == 3 else picture
+
+
 def file_samples(paths: Sequence[str | Path], datamodule: ImageDataModule) -> list[Sample]:
     """Image files, converted as the data module converts its images (grey or RGB, resized, normalised).
 
@@ -113,17 +124,18 @@ def file_samples(paths: Sequence[str | Path], datamodule: ImageDataModule) -> li
     Raises:
         ConfigError: For a missing or unreadable file, naming it, or files of different sizes that nothing resizes.
     """
-    channels = len(datamodule.spec.mean)
     native = datamodule.spec.image_shape
+    source_channels = native[0] if native is not None else None  # None: the transform matches any channels
     samples: list[Sample] = []
     names: set[str] = set()
     for entry in paths:
         path = Path(entry)
+        if not path.is_file():
+            raise ConfigError(f"image {path}: no such file")
         try:
-            with Image.open(path) as opened:
-                picture = opened.convert("L" if channels == 1 else "RGB")
-        except (OSError, UnidentifiedImageError) as error:
-            raise ConfigError(f"image {path}: cannot read it as an image: {error}") from None
+            picture = _with_channels(load_image(path), source_channels)
+        except CorruptDataError as error:
+            raise ConfigError(f"image {error}") from None
         if native is not None and datamodule.image_size is None and picture.size != (native[2], native[1]):
             picture = picture.resize((native[2], native[1]), Image.Resampling.BILINEAR)
         image = datamodule.eval_transform(picture)

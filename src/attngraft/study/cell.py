@@ -36,6 +36,7 @@ from attngraft.study.measure import cpu_latency, model_costs
 from attngraft.train.cache import FeatureCache, FeatureDataset
 from attngraft.train.checkpoint import rebuild_network
 from attngraft.train.module import ImageClassifier, class_logits
+from attngraft.train.network import starts_from_imagenet
 from attngraft.train.trainer import create_trainer
 
 logger = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ def train_run(
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     L.seed_everything(run.seed, workers=True, verbose=False)
-    datamodule = _datamodule(run)
+    datamodule = _datamodule(run, backbone_weights)
     if datamodule.spec.num_classes is None:  # image folders: the classes are known once the files are read
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -214,7 +215,8 @@ def _fit_and_test(
 
 def trained_network(run: Run, directory: Path) -> tuple[torch.nn.Module, ImageDataModule]:
     """A finished run's network (its ``weights.safetensors``, in eval mode) and its data module (not set up)."""
-    datamodule = _datamodule(run)
+    result = json.loads((directory / RESULT_FILE).read_text())
+    datamodule = _datamodule(run, result.get("backbone_weights"))
     if datamodule.spec.num_classes is None:
         datamodule.prepare_data()
         datamodule.setup("test")
@@ -251,10 +253,16 @@ def _config_errors(where: str) -> Iterator[None]:
         raise ConfigError(f"{where}: {error}") from None
 
 
-def _datamodule(run: Run) -> ImageDataModule:
+def _datamodule(run: Run, backbone_weights: str | None = None) -> ImageDataModule:
+    """The cell's data; ``normalize: auto`` takes ImageNet's statistics when the backbone gets ImageNet weights."""
     where = f"cell {run.cell.name}.data"
     with _config_errors(where):
-        return ImageDataModule(**_data_arguments(run.cell.data, where))
+        datamodule = ImageDataModule(**_data_arguments(run.cell.data, where))
+    network = run.cell.network
+    if backbone_weights is not None and isinstance(network, Mapping):
+        network = {**network, "weights": backbone_weights}
+    datamodule.adopt_backbone_normalization(imagenet_weights=starts_from_imagenet(network))
+    return datamodule
 
 
 def _classifier(run: Run, datamodule: ImageDataModule, backbone_weights: str | None) -> ImageClassifier:

@@ -24,11 +24,13 @@ from lightning.pytorch.tuner.tuning import Tuner
 from typing_extensions import override
 
 from attngraft._io import atomic_path
+from attngraft.data import resolve_normalization
 from attngraft.data.datamodule import ImageDataModule
 from attngraft.errors import ConfigError
 from attngraft.train.cache import FeatureCache
 from attngraft.train.callbacks import PredictionWriter
 from attngraft.train.module import ImageClassifier
+from attngraft.train.network import starts_from_imagenet
 from attngraft.train.trainer import RUNS_DIR, create_trainer, run_loggers
 
 logger = logging.getLogger(__name__)
@@ -84,9 +86,16 @@ class AttngraftCLI(LightningCLI):
 
     @override
     def before_instantiate_classes(self) -> None:
-        """Resolves ``--ckpt_path last`` to the newest checkpoint of this run name, for every command."""
+        """Resolves ``data.normalize: auto`` for the backbone, and ``--ckpt_path last`` for every command.
+
+        The resolved normalisation is what the saved ``config.yaml`` records, so explaining the run later
+        normalises its images the same way.
+        """
         self._resumed_version: int | None = None
         settings = self._settings()
+        if settings.get("data.normalize") == "auto":
+            imagenet = starts_from_imagenet(settings.get("model.network"))
+            settings["data.normalize"] = resolve_normalization("auto", imagenet_weights=imagenet)
         if settings.get("ckpt_path") != "last":
             return
         root = Path(settings.get("trainer", {}).get("default_root_dir") or RUNS_DIR) / _run_name(settings)

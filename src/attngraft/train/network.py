@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from attngraft.errors import ConfigError
+from attngraft.errors import AttngraftError, ConfigError
 from attngraft.grafting import GraftedModel, build, load_spec
 from attngraft.grafting.backbone import create_backbone
 from attngraft.grafting.spec import check_spec
@@ -105,3 +105,15 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
     return str(value) if isinstance(value, Path) else value
+
+
+def starts_from_imagenet(network: object) -> bool:
+    """Whether a network description's backbone gets ImageNet weights (a graft spec, inline or a YAML file)."""
+    if isinstance(network, Path):
+        network = str(network)
+    if isinstance(network, str) and network.endswith(SPEC_SUFFIXES):
+        try:
+            network = load_spec(network)
+        except AttngraftError:
+            return False  # building the network reports the file's problem
+    return isinstance(network, Mapping) and network.get("weights") == "imagenet"
