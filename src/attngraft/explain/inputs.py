@@ -131,7 +131,7 @@ def file_samples(paths: Sequence[str | Path], datamodule: ImageDataModule) -> li
     for entry in paths:
         path = Path(entry)
         if not path.is_file():
-            raise ConfigError(f"image {path}: no such file")
+            raise ConfigError(f"image {path}: cannot read it: no such file")
         try:
             picture = _with_channels(load_image(path), source_channels)
         except CorruptDataError as error:
