@@ -30,6 +30,10 @@ class SpecError(AttngraftError, ValueError):
     """A graft spec (dict or YAML) with a missing, unknown or ill-fitting entry."""
 
 
+class UnknownOptionError(AttngraftError, TypeError):
+    """A keyword option that a block (or a head) does not take; the message lists the valid options."""
+
+
 class WeightsError(AttngraftError, ValueError):
     """A weights file that cannot be loaded safely, or whose keys or shapes do not fit the model."""
 

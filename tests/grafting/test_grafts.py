@@ -190,7 +190,10 @@ def test_deepcopy_keeps_each_copy_with_its_own_inserted_blocks() -> None:
         ({**REPLACE, "stages": ["bn1"]}, "replace in bn1: it has no 3×3 convolutions"),
         ({**REPLACE, "block": "non_local"}, "'non_local' cannot replace a convolution; use one of \\['local'\\]"),
         ({**INSERT, "block": "nonlocal"}, "unknown block 'nonlocal'. Did you mean 'non_local'"),
-        ({**INSERT, "colour": "red"}, "unexpected keyword argument 'colour'"),
+        (
+            {**INSERT, "colour": "red"},
+            r"block 'non_local' has no option 'colour'; valid options: \['inner_dim', 'mode'",
+        ),
     ],
 )
 def test_grafts_that_do_not_fit_name_block_and_map(graft_entry: dict[str, object], message: str) -> None:

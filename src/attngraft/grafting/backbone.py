@@ -9,8 +9,8 @@ timm's ``feature_info``.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -20,7 +20,7 @@ import torch
 import torchvision
 from timm.models._features_fx import get_notrace_functions, get_notrace_modules
 from torch import nn
-from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+from torchvision.models.feature_extraction import create_feature_extractor
 
 from attngraft.blocks import Block
 from attngraft.errors import SpecError, UnknownNameError
@@ -40,11 +40,20 @@ class Stage:
         name: Module name, as in ``model.get_submodule(name)`` (e.g. ``layer3``, ``features.6``).
         channels: Channels of the map.
         reduction: Input side divided by the map side (the stride so far).
+        layout: "NCHW" for (B, C, H, W), "NHWC" for channels-last (B, H, W, C) (hierarchical transformers), None
+            when the probe cannot tell (H = W = C).
     """
 
     name: str
     channels: int
     reduction: int
+    layout: str | None = "NCHW"
+    size: tuple[int, int] | None = None  # (H, W) of the map at the probe's image size
+
+    def describe(self) -> str:
+        """The stage as "layer4 (512 ch, /32)", with the layout when it is not NCHW."""
+        layout = {"NCHW": "", "NHWC": ", channels-last"}.get(str(self.layout), ", layout unknown")
+        return f"{self.name} ({self.channels} ch, /{self.reduction}{layout})"
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -110,14 +119,30 @@ def first_conv_name(model: nn.Module) -> str:
 
 
 def classifier_name(model: nn.Module) -> str | None:
-    """Name of the final classifier: timm's ``classifier``, attngraft's ``head``, else the last ``nn.Linear``."""
+    """Name of the final classifier, or None.
+
+    timm's declared ``classifier`` where it names a module, attngraft's ``head``; else the model's last module with
+    parameters (in registration order) when it is an ``nn.Linear`` or a 1×1 ``nn.Conv2d`` (SqueezeNet's
+    ``classifier.1``, timm's conv heads); else the last ``nn.Linear``.
+    """
     config = getattr(model, "pretrained_cfg", None)
-    if isinstance(config, dict) and isinstance(config.get("classifier"), str):
+    modules = dict(model.named_modules())
+    if isinstance(config, dict) and isinstance(config.get("classifier"), str) and config["classifier"] in modules:
         return str(config["classifier"])
     if isinstance(getattr(model, "head", None), nn.Linear):
         return "head"
-    linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    with_parameters = [name for name, module in modules.items() if any(True for _ in module.parameters(False))]
+    if with_parameters and is_classifier_layer(modules[with_parameters[-1]]):
+        return with_parameters[-1]
+    linear_names = [name for name, module in modules.items() if isinstance(module, nn.Linear)]
     return linear_names[-1] if linear_names else None
+
+
+def is_classifier_layer(module: nn.Module) -> bool:
+    """Whether ``module`` can be a classifier: an ``nn.Linear`` or a 1×1, ungrouped ``nn.Conv2d``."""
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
 
 
 def set_input_channels(model: nn.Module, in_chans: int) -> None:
@@ -144,45 +169,114 @@ def within(name: str, prefixes: Sequence[str]) -> bool:
     return any(prefix == "" or name == prefix or name.startswith(f"{prefix}.") for prefix in prefixes)
 
 
-def set_submodule(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    """Puts ``module`` at dotted ``name`` and returns the module that was there."""
+def set_submodule(model: nn.Module, name: str, module: nn.Module | None) -> nn.Module | None:
+    """Puts ``module`` (None: an empty slot) at dotted ``name``; returns what was there (None: an empty slot)."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name)
-    previous = parent.get_submodule(child)
+    if child not in parent._modules:
+        parent.get_submodule(child)  # raises AttributeError naming the missing module
+    previous = parent._modules[child]
     parent.add_module(child, module)  # add_module replaces in place, keeping the parent's child order
     return previous
 
 
-def list_stages(model: nn.Module, *, in_chans: int, image_size: int = 224) -> list[Stage]:
-    """The model's stages, in forward order.
+def take_submodule(model: nn.Module, name: str, replacement: nn.Module | None) -> nn.Module:
+    """Puts ``replacement`` at dotted ``name`` and returns the module taken out (for ``GraftedModel.removed``).
 
-    Uses ``model.feature_info`` (timm's list of ``{"module", "num_chs", "reduction"}``) when present; otherwise
-    traces the candidates with torchvision's feature extraction on one ``image_size`` input.
+    Raises:
+        SpecError: If the slot at ``name`` is empty.
     """
+    previous = set_submodule(model, name, replacement)
+    if previous is None:
+        raise SpecError(f"{type(model).__name__} has no module at {name!r} (the slot is empty)")
+    return previous
+
+
+def list_stages(model: nn.Module, *, in_chans: int, image_size: int = 224) -> list[Stage]:
+    """The model's stages, in forward order, with channels, reduction and layout from their real outputs.
+
+    The candidates are ``model.feature_info``'s modules (timm's list of ``{"module", "num_chs", "reduction"}``)
+    when present; otherwise the top-level modules up to global pooling or the classifier, and the children of
+    those that span several strides (torchvision's ``features``), of which the last at each stride is a stage.
+    Either way one ``image_size`` probe input runs through the model and each candidate's output is measured;
+    modules that return no single 4-D map (tuples, dicts, tokens) are no stages.
+    """
+    sample = probe_sample(model, in_chans=in_chans, image_size=image_size)
     info = _feature_info(model)
     if info is not None:
-        return [Stage(entry["module"], int(entry["num_chs"]), int(entry["reduction"])) for entry in info]
-    groups = _trunk_groups(model)
-    names = [name for top, children in groups for name in children or [top]]
-    maps = probe_features(model, names, probe_sample(model, in_chans=in_chans, image_size=image_size))
-    for top, children in groups:
-        if children:  # a Sequential's output is its last child's (tracing gives both names one node)
-            maps[top] = maps[children[-1]]
+        modules = dict(model.named_modules())
+        names = [str(entry["module"]) for entry in info if entry.get("module") in modules]
+    else:
+        groups = _trunk_groups(model)
+        names = [name for group in groups for name in group.names]
+    outputs, _ = probe_outputs(model, names, sample)
+    layouts = output_layouts(model, outputs, sample)
 
-    def reduction(name: str) -> int | None:
-        features = maps[name]
-        return round(image_size / features.shape[-1]) if features.ndim == 4 else None
+    def stage(name: str) -> Stage | None:
+        return _stage(name, outputs.get(name), image_size, layouts.get(name))
 
+    if info is not None:
+        return [found for found in map(stage, names) if found is not None]
     by_reduction: dict[int, Stage] = {}
-    for top, children in groups:
+    for group in groups:
+        children, top = [stage(name) for name in group.children], stage(group.top)
         # A container whose children all work at one stride (a ResNet stage) is one stage; one that spans several
-        # strides (torchvision's ``features``) contributes its children.
-        single = len({reduction(child) for child in children}) <= 1
-        for name in [top] if single else children:
-            stride = reduction(name)
-            if stride is not None:  # in forward order, so the last module at a stride wins
-                by_reduction[stride] = Stage(name, maps[name].shape[1], stride)
+        # strides (torchvision's ``features``), that also holds the classifier, or that is a ModuleList that never
+        # runs as a whole contributes its children.
+        single = top is not None and group.whole and len({child.reduction for child in children if child}) <= 1
+        for found in [top] if single else children:
+            if found is not None:  # in forward order, so the last module at a stride wins
+                by_reduction[found.reduction] = found
     return list(by_reduction.values())
+
+
+def output_layouts(model: nn.Module, outputs: Mapping[str, object], sample: torch.Tensor) -> dict[str, str | None]:
+    """The layouts ("NCHW", "NHWC" or None) of the probed 4-D ``outputs`` of ``model`` for ``sample``.
+
+    A shape that cannot tell (H = W = C, as a 16-channel 16×16 map) is probed again at 1.5 times the side: the
+    axes that grow are the spatial ones. None remains where that probe fails too.
+    """
+    layouts = {
+        name: map_layout(output.shape, declared_channels(model, name))
+        for name, output in outputs.items()
+        if isinstance(output, torch.Tensor) and output.ndim == 4
+    }
+    unclear = [name for name, layout in layouts.items() if layout is None]
+    if unclear:
+        larger = probe_sample(model, in_chans=sample.shape[1], image_size=sample.shape[-1] * 3 // 2)
+        try:
+            again, _ = probe_outputs(model, unclear, larger)
+        except SpecError:  # a model made for one input size
+            again = {}
+        for name in unclear:
+            first, second = outputs[name], again.get(name)
+            if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor) and second.ndim == 4:
+                grown = [axis for axis in (1, 2, 3) if first.shape[axis] != second.shape[axis]]
+                layouts[name] = {"2,3": "NCHW", "1,2": "NHWC"}.get(",".join(map(str, grown)))
+    return layouts
+
+
+def map_layout(shape: Sequence[int], channels: int | None = None) -> str | None:
+    """The layout of a 4-D map from a square probe input: "NCHW", "NHWC", or None when the shape cannot tell.
+
+    ``channels`` (a declared channel count such as timm's ``num_chs``) decides first; otherwise the two spatial
+    sides are the two equal ones.
+    """
+    _, first, second, last = shape
+    if channels is not None and (first == channels) != (last == channels):
+        return "NCHW" if first == channels else "NHWC"
+    if (second == last) != (first == second):
+        return "NCHW" if second == last else "NHWC"
+    return None
+
+
+def _stage(name: str, output: object, image_size: int, layout: str | None) -> Stage | None:
+    """The stage a module's probed output describes, or None if it is no single 4-D map."""
+    if not isinstance(output, torch.Tensor) or output.ndim != 4:
+        return None
+    channel_axis, (height, width) = (-1, output.shape[1:3]) if layout == "NHWC" else (1, output.shape[2:])
+    reduction = max(1, round(image_size / width))
+    return Stage(name, int(output.shape[channel_axis]), reduction, layout, (int(height), int(width)))
 
 
 def _feature_info(model: nn.Module) -> list[dict[str, Any]] | None:
@@ -193,23 +287,51 @@ def _feature_info(model: nn.Module) -> list[dict[str, Any]] | None:
     return None
 
 
-def _trunk_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
-    """Top-level modules up to global pooling or the classifier, each with its children if it is a Sequential."""
-    _, nodes = get_graph_node_names(model, tracer_kwargs=tracer_options())  # eval-mode node names
+def declared_channels(model: nn.Module, name: str) -> int | None:
+    """The channels ``model.feature_info`` declares for module ``name``, if any (a hint for :func:`map_layout`)."""
+    for entry in _feature_info(model) or []:
+        if entry.get("module") == name and isinstance(entry.get("num_chs"), int):
+            return int(entry["num_chs"])
+    return None
 
-    def traced(name: str) -> bool:  # some containers (e.g. RegNet's stem) trace as one node
-        return any(node == name or node.startswith(f"{name}.") for node in nodes)
 
-    groups: list[tuple[str, list[str]]] = []
+@dataclass(frozen=True)
+class _Group:
+    """A top-level module of the trunk and the children that may be stages (a Sequential's or ModuleList's).
+
+    ``whole`` is False when the module also holds the classifier, so only its children before it count.
+    """
+
+    top: str
+    children: tuple[str, ...]
+    whole: bool
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.top, *self.children)
+
+
+def _trunk_groups(model: nn.Module) -> list[_Group]:
+    """Top-level modules up to global pooling or the classifier, with their children if they are containers."""
+    classifier = classifier_name(model)
+    groups: list[_Group] = []
     for name, child in model.named_children():
-        if isinstance(child, _HEAD_TYPES):
+        if isinstance(child, _HEAD_TYPES) or name == classifier:
             break
-        if not traced(name):  # runs only in training (auxiliary heads)
+        children = list(child.named_children()) if isinstance(child, nn.Sequential | nn.ModuleList) else []
+        if classifier is None or not within(classifier, [name]):
+            groups.append(_Group(name, tuple(f"{name}.{inner}" for inner, _ in children), True))
             continue
-        children = (
-            [f"{name}.{inner}" for inner, _ in child.named_children()] if isinstance(child, nn.Sequential) else []
-        )
-        groups.append((name, children if all(traced(inner) for inner in children) else []))
+        # The classifier sits inside (SqueezeNet's ``classifier``): its children before it with parameters count.
+        kept = []
+        for inner, module in children:
+            qualified = f"{name}.{inner}"
+            if within(classifier, [qualified]) or isinstance(module, _HEAD_TYPES):
+                break
+            kept.append(qualified)
+        if any(True for kept_name in kept for _ in model.get_submodule(kept_name).parameters()):
+            groups.append(_Group(name, tuple(kept), False))
+        break
     return groups
 
 
@@ -238,29 +360,81 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
         module.train(was_training)
 
 
+def probe_outputs(
+    model: nn.Module, names: Sequence[str], sample: torch.Tensor
+) -> tuple[dict[str, object], dict[str, int]]:
+    """What the named modules return for ``sample`` in one eval-mode forward, and how often each ran.
+
+    Forward hooks record the real outputs, as an inserted block's hook sees them (tuples and dicts included;
+    forward hooks of earlier grafts run along). A module that runs several times keeps its last output; one that
+    does not run in eval mode (an auxiliary head) is missing. The mode is restored and no running statistic moves.
+
+    Raises:
+        SpecError: For a name that is not a module of ``model`` (listing its stages), or a forward that fails.
+    """
+    check_modules(model, names, in_chans=sample.shape[1], image_size=sample.shape[-1])
+    outputs: dict[str, object] = {}
+    calls = dict.fromkeys(names, 0)
+
+    def recorder(name: str) -> Callable[[nn.Module, Any, object], None]:
+        def record(module: nn.Module, args: Any, output: object) -> None:
+            # A copy: later in-place operations (DenseNet's ReLU after ``features``) must not change it.
+            outputs[name] = output.clone() if isinstance(output, torch.Tensor) else output
+            calls[name] += 1
+
+        return record
+
+    handles = [model.get_submodule(name).register_forward_hook(recorder(name)) for name in dict.fromkeys(names)]
+    try:
+        with evaluating(model):
+            model(sample)
+    except (RuntimeError, ValueError, IndexError) as error:
+        raise SpecError(
+            f"{type(model).__name__} fails on a {tuple(sample.shape)} probe input "
+            f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); a larger image_size may fit"
+        ) from None
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs, calls
+
+
 def probe_features(model: nn.Module, names: Sequence[str], sample: torch.Tensor) -> dict[str, torch.Tensor]:
     """Outputs of the named modules for ``sample`` (from :func:`probe_sample`), computed in eval mode.
 
-    Uses torchvision's ``create_feature_extractor``. The model's mode is restored afterwards and no running
-    statistic moves. Forward hooks (inserted grafts) are traced along.
-
     Raises:
-        SpecError: For a name that is not a module of ``model``, listing its stages.
+        SpecError: For a name that is not a module of ``model`` (listing its stages), a module that does not run
+            in the forward, or one that returns something other than one tensor (a tuple, a list, a dict).
     """
-    check_modules(model, names, in_chans=sample.shape[1], image_size=sample.shape[-1])
-    with evaluating(model):
-        try:
-            extractor = create_feature_extractor(model, return_nodes=list(names), tracer_kwargs=tracer_options())
-        except (ValueError, TypeError, RuntimeError, torch.fx.proxy.TraceError) as error:
-            raise SpecError(f"cannot trace {type(model).__name__} to {list(names)}: {error}") from None
-        try:
-            outputs = extractor(sample)
-        except (RuntimeError, ValueError) as error:
-            raise SpecError(
-                f"{type(model).__name__} fails on a {tuple(sample.shape)} probe input "
-                f"({str(error).splitlines()[0]}); a larger image_size may fit"
-            ) from None
-    return {name: outputs[name] for name in names}
+    outputs, _ = probe_outputs(model, names, sample)
+    return {name: check_tensor(model, name, outputs) for name in names}
+
+
+def check_tensor(model: nn.Module, name: str, outputs: dict[str, object]) -> torch.Tensor:
+    """``outputs[name]`` if it is one tensor; else a ``SpecError`` saying what the module gives instead."""
+    if name not in outputs:
+        raise SpecError(
+            f"{name} does not run in {type(model).__name__}'s forward (in eval mode), so it cannot be grafted"
+        )
+    output = outputs[name]
+    if not isinstance(output, torch.Tensor):
+        raise SpecError(
+            f"{name} returns {describe_output(output)}, not one feature map, so it cannot be grafted there "
+            "(multi-branch modules: graft after a module that outputs a single (B, C, H, W) map)"
+        )
+    return output
+
+
+def describe_output(output: object) -> str:
+    """A short description of a module output for messages: "a tuple of 2 tensors (1, 18, 8, 8), (1, 36, 4, 4)"."""
+    if isinstance(output, torch.Tensor):
+        return f"a tensor {tuple(output.shape)}"
+    if isinstance(output, Mapping):
+        return f"a {type(output).__name__} with keys {list(output)[:6]}"
+    if isinstance(output, Sequence) and not isinstance(output, str):
+        shapes = [str(tuple(item.shape)) if isinstance(item, torch.Tensor) else type(item).__name__ for item in output]
+        return f"a {type(output).__name__} of {len(output)} ({', '.join(shapes[:4])})"
+    return f"a {type(output).__name__}"
 
 
 def check_modules(model: nn.Module, names: Sequence[str], *, in_chans: int, image_size: int) -> None:
@@ -273,27 +447,24 @@ def check_modules(model: nn.Module, names: Sequence[str], *, in_chans: int, imag
             )
 
 
-def times_called(model: nn.Module, names: Sequence[str]) -> dict[str, int]:
-    """How often one forward calls each leaf module (torchvision's ResNet blocks reuse their ReLU); else 1."""
-    _, nodes = get_graph_node_names(model, tracer_kwargs=tracer_options())
-    return {
-        name: max(1, sum(re.fullmatch(rf"{re.escape(name)}(_\d+)?", node) is not None for node in nodes))
-        for name in names
-    }
-
-
 def used_module_names(model: nn.Module, stage: str) -> set[str]:
     """Names of the modules that computing ``stage``'s output runs (those in the traced graph up to it)."""
-    extractor = create_feature_extractor(model, return_nodes=[stage], tracer_kwargs=tracer_options())
+    with warnings.catch_warnings():  # torchvision notes when train- and eval-mode graphs differ (timm's swin)
+        warnings.filterwarnings("ignore", message="NOTE: The nodes obtained by tracing", category=UserWarning)
+        extractor = create_feature_extractor(model, return_nodes=[stage], tracer_kwargs=tracer_options())
     return {name for name, _ in extractor.named_modules() if name}
 
 
 def stage_listing(model: nn.Module, in_chans: int, image_size: int) -> str:
-    """The stages as "stages: layer1 (64 ch, /4), ..." for error messages."""
-    if _feature_info(model) is None and not _trunk_groups(model):
-        return "it has no stages"
-    stages = list_stages(model, in_chans=in_chans, image_size=image_size)
-    return "stages: " + ", ".join(f"{stage.name} ({stage.channels} ch, /{stage.reduction})" for stage in stages)
+    """The stages as "stages: layer1 (64 ch, /4), ..." for error messages (top-level modules if probing fails)."""
+    try:
+        stages = list_stages(model, in_chans=in_chans, image_size=image_size)
+    except SpecError:
+        stages = []
+    if not stages:
+        top_level = [name for name, _ in model.named_children()]
+        return f"no stage found by probing; its top-level modules: {top_level}"
+    return "stages: " + ", ".join(stage.describe() for stage in stages)
 
 
 def forward_until(model: nn.Module, stage: str, x: torch.Tensor) -> torch.Tensor:
@@ -315,6 +486,19 @@ def forward_until(model: nn.Module, stage: str, x: torch.Tensor) -> torch.Tensor
             )
             return outputs[0]
     return _run_children_until(model, stage.split("."), x)
+
+
+def can_stop_at(model: nn.Module, stage: str) -> bool:
+    """Whether :func:`forward_until` can stop at ``stage``: a timm stage, or one reached through Sequentials only."""
+    info = _feature_info(model)
+    if hasattr(model, "forward_intermediates") and info is not None and stage in [entry["module"] for entry in info]:
+        return True
+    container = model
+    for part in stage.split(".")[:-1]:
+        container = container.get_submodule(part)
+        if not isinstance(container, nn.Sequential):
+            return False
+    return True
 
 
 def _run_children_until(module: nn.Module, path: list[str], x: torch.Tensor) -> torch.Tensor:

@@ -32,12 +32,31 @@ class GraftRecord:
     detail: str
 
 
+def main_logits(output: Any) -> torch.Tensor:
+    """The logits of a backbone's output: the output itself, or the ``logits`` of a named tuple with auxiliary ones.
+
+    Raises:
+        TypeError: For any other output (a model whose training forward returns several tensors, say).
+    """
+    if isinstance(output, torch.Tensor | torch.fx.Proxy):
+        return output  # type: ignore[return-value]
+    if isinstance(output, tuple) and isinstance(getattr(output, "logits", None), torch.Tensor):
+        return output.logits  # type: ignore[attr-defined]
+    raise TypeError(
+        f"the backbone returned a {type(output).__name__}, not a logits tensor; a grafted model returns (B, classes)"
+    )
+
+
 class GraftedModel(nn.Module):
     """A backbone with grafts: a head on a stage's map, blocks inserted after modules, convolutions replaced.
 
     ``backbone`` keeps its own parameter names: inserted blocks live in ``grafts`` and run from forward hooks on
     the module they follow, the head lives in ``grafts["head"]``, and only replaced convolutions (and, for a
     head, the unused modules after its stage) change inside the backbone. :meth:`ungraft` gives the original back.
+
+    ``spec`` is the complete spec that rebuilds the model (``build(model.spec)``; grafts in dict form) for a model
+    made by ``build``, and None for one grafted onto a module the user made (no backbone name to rebuild from);
+    ``graft_entries`` holds the grafts' dict forms either way.
 
     Shape:
         - Input: (B, in_chans, H, W).
@@ -63,6 +82,11 @@ class GraftedModel(nn.Module):
         self.dropped: list[str] = []  # backbone modules a head made unused
         self.head_modules: set[str] = set()  # backbone modules the head's truncated forward runs
         self.hooks: dict[str, tuple[str, int]] = {}  # grafts key → (backbone module, id of the forward hook on it)
+        # Backbone attributes grafting changed (e.g. ``aux_logits``): (module name, attribute, original value).
+        self.changed_attributes: list[tuple[str, str, Any]] = []
+        # The spec that rebuilds this model (set by ``build``); None for a model grafted onto a user's module.
+        self.spec: dict[str, Any] | None = None
+        self.graft_entries: list[dict[str, Any]] = []  # the grafts applied, in their dict (spec/YAML) form
         self._requires_grad = {name: parameter.requires_grad for name, parameter in backbone.named_parameters()}
         self.training = backbone.training
 
@@ -73,6 +97,8 @@ class GraftedModel(nn.Module):
         then silently replace an inserted block.
         """
         super().__setstate__(state)  # type: ignore[no-untyped-call]
+        for attribute, default in (("changed_attributes", []), ("spec", None), ("graft_entries", [])):
+            self.__dict__.setdefault(attribute, default)  # models pickled before these attributes existed
         for key, (location, hook_id) in self.hooks.items():
             target = self.backbone.get_submodule(location)
             hook = target._forward_hooks.pop(hook_id)
@@ -89,7 +115,7 @@ class GraftedModel(nn.Module):
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.head_stage is None:
-            return self.backbone(x)
+            return main_logits(self.backbone(x))
         return self.grafts["head"](forward_until(self.backbone, self.head_stage, x))
 
     @override
@@ -120,7 +146,9 @@ class GraftedModel(nn.Module):
             ]  # the handle itself would not survive deepcopy/pickling
         for name, module in reversed(self.removed.items()):  # a dropped stage goes back before what was inside it
             set_submodule(self.backbone, name, module)
+        for name, attribute, value in reversed(self.changed_attributes):
+            setattr(self.backbone.get_submodule(name), attribute, value)
         for name, parameter in self.backbone.named_parameters():
             parameter.requires_grad_(self._requires_grad.get(name, True))
-        self.hooks, self.removed, self.dropped, self.frozen_norms = {}, {}, [], []
+        self.hooks, self.removed, self.dropped, self.frozen_norms, self.changed_attributes = {}, {}, [], [], []
         return self.backbone.train(self.training)

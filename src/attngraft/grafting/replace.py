@@ -13,10 +13,14 @@ import torch
 from torch import nn
 
 from attngraft.blocks import BLOCKS
+from attngraft.blocks.factory import block_options, check_options
 from attngraft.errors import SpecError
-from attngraft.grafting.backbone import set_submodule
+from attngraft.grafting.backbone import take_submodule
 from attngraft.grafting.blocks import build_block
 from attngraft.grafting.model import GraftedModel, GraftRecord
+
+# Options each replacement gets from the convolution it replaces.
+_PER_CONV = ("out_dim", "stride")
 
 
 def replaceable_blocks() -> list[str]:
@@ -52,6 +56,12 @@ def replace_convolutions(model: GraftedModel, block_name: str, stage: str, **opt
         raise SpecError(
             f"replace in {stage}: {block_name!r} cannot replace a convolution; use one of {replaceable_blocks()}"
         )
+    valid = block_options(block_name)
+    if valid is not None:
+        try:
+            check_options(f"block {block_name!r}", options, [option for option in valid if option not in _PER_CONV])
+        except TypeError as error:
+            raise SpecError(f"replace in {stage}: {error} (out_dim and stride come from each convolution)") from None
     convolutions = spatial_convolutions(model.backbone.get_submodule(stage), stage)
     if not convolutions:
         raise SpecError(f"replace in {stage}: it has no 3×3 convolutions with groups=1 and dilation=1 to replace")
@@ -62,7 +72,7 @@ def replace_convolutions(model: GraftedModel, block_name: str, stage: str, **opt
         block = build_block(
             where, block_name, probe, check=False, out_dim=conv.out_channels, stride=conv.stride[0], **options
         )
-        model.removed[name] = set_submodule(model.backbone, name, block.to(conv.weight.dtype))
+        model.removed[name] = take_submodule(model.backbone, name, block.to(conv.weight.dtype))
         model.new_modules.append(name)
         names.append(f"backbone.{name}")
     detail = f"{len(names)} 3×3 convolutions"
