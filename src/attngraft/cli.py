@@ -279,12 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=_run_models)
 
     graft_info = commands.add_parser("graft-info", help="build a graft spec; print its grafts and parameter counts")
-    graft_info.add_argument("spec", help="YAML graft spec (see configs/grafts/)")
+    graft_info.add_argument("spec", help="YAML graft spec, or a packaged one (configs/grafts/<name>)")
     graft_info.add_argument("--download", action="store_true", help="allow downloading imagenet weights")
     graft_info.set_defaults(handler=_run_graft_info)
 
     study = commands.add_parser("study", help="run a reference study: train, test and measure its cells; tables, plots")
-    study.add_argument("name", nargs="?", default="graft", help="study name (configs/studies/) or YAML file")
+    study.add_argument("name", nargs="?", default="graft", help="study name (see --list) or YAML file")
     study.add_argument("--profile", default="quick", help="quick (default, CPU minutes) or full (the reference)")
     study.add_argument("--out", help="results directory (default: runs/studies/<name>-<profile>)")
     study.add_argument("--resume", action="store_true", help="keep the finished runs in --out and continue")

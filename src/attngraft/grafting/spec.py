@@ -46,6 +46,7 @@ from attngraft.grafting.insert import insert_block
 from attngraft.grafting.model import GraftedModel
 from attngraft.grafting.replace import replace_convolutions
 from attngraft.grafting.weights import imagenet_weights, load_weights, read_state_dict
+from attngraft.recipes import find_recipe
 
 SPEC_KEYS = ("backbone", "weights", "in_chans", "num_classes", "image_size", "download", "graft", "freeze")
 # Keys each mode needs; everything else in an entry goes to the block (or, for head, to the ViT head).
@@ -53,8 +54,12 @@ MODE_KEYS = {"head": ("block", "stage"), "insert": ("block", "after"), "replace"
 
 
 def load_spec(path: str | Path) -> dict[str, Any]:
-    """Reads a YAML spec and checks it (see :func:`check_spec`); errors name the file."""
-    path = Path(path)
+    """Reads a YAML spec and checks it (see :func:`check_spec`); errors name the file.
+
+    A relative path that does not exist may name a packaged spec (``configs/grafts/<name>.yaml``, see
+    :func:`attngraft.recipes.find_recipe`).
+    """
+    path = find_recipe(path)
     try:
         content = yaml.safe_load(path.read_text())
     except OSError as error:
