@@ -63,7 +63,6 @@ class GraftedModel(nn.Module):
         self.dropped: list[str] = []  # backbone modules a head made unused
         self.head_modules: set[str] = set()  # backbone modules the head's truncated forward runs
         self.hooks: dict[str, tuple[str, int]] = {}  # grafts key → (backbone module, id of the forward hook on it)
-        self.spec: dict[str, Any] | None = None  # the checked spec build() made it from; None after graft()
         self._requires_grad = {name: parameter.requires_grad for name, parameter in backbone.named_parameters()}
         self.training = backbone.training
 

@@ -18,7 +18,6 @@ the last two to a module the user already has. The spec format::
 
 from __future__ import annotations
 
-import copy
 import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -167,7 +166,6 @@ def build(spec: Mapping[str, Any] | str | Path) -> GraftedModel:
     classifier = classifier_name(backbone)
     if classifier_is_new and classifier is not None:
         model.new_modules.append(classifier)
-    model.spec = copy.deepcopy(checked)  # what build() rebuilds it from (attngraft.save writes it)
     return apply_grafts(model, checked["graft"], freeze=checked["freeze"], num_classes=checked["num_classes"])
 
 
