@@ -12,7 +12,7 @@ setup: $(STAMP) data  ## create .venv, install the pinned stack + attngraft (edi
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[dev,export]'
 	touch $@
 
 data:  ## the real default dataset (Fashion-MNIST) from the Debian package

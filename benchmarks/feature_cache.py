@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine
 
 from attngraft.data.datamodule import ImageDataModule
+from attngraft.recipes import packaged_directory
 from attngraft.train import FeatureCache, ImageClassifier
 
-SPEC = Path(__file__).resolve().parents[1] / "configs" / "grafts" / "resnet18_graph_head.yaml"
+SPEC = packaged_directory() / "grafts" / "resnet18_graph_head.yaml"
 
 
 class EpochTimer(L.Callback):

@@ -1,9 +1,10 @@
 """Parameters, FLOPs, CPU inference ms/image at batch 1 and 256, and peak memory of every study model.
 
-Every cell of the studies in ``configs/studies/`` (quick profile by default, first dataset) is built with random
-weights (latency does not depend on them) and measured in eval mode under ``torch.inference_mode``; each row also
-gives its ratios to ResNet-18 (the ``graft`` study's baseline) measured in the same process. Peak memory is the
-growth of the resident set during one batch-256 forward, in a fresh process per model.
+Every cell of the packaged studies (``src/attngraft/configs/studies/``; quick profile by default, first dataset) is
+built with random weights (latency does not depend on them) and measured in eval mode under
+``torch.inference_mode``; each row also gives its ratios to ResNet-18 (the ``graft`` study's baseline) measured in
+the same process. Peak memory is the growth of the resident set during one batch-256 forward, in a fresh process
+per model.
 
     python benchmarks/latency.py [--json] [--quick] [--studies graft,vit,sasa] [--cells a,b]
                                 [--profile quick|full]

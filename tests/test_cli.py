@@ -7,10 +7,11 @@ import pytest
 
 from attngraft import __version__
 from attngraft.cli import main
+from attngraft.recipes import packaged_directory
 
 from .data.fixtures import make_idx_arrays, write_idx_dataset
 
-CONFIGS = Path(__file__).parents[1] / "configs" / "grafts"
+CONFIGS = packaged_directory() / "grafts"
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

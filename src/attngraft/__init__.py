@@ -10,6 +10,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 from attngraft.blocks import create_block, list_blocks, record_attention
 from attngraft.grafting import build, graft
 from attngraft.models import create_model, list_models
+from attngraft.saving import load, save
 
 __all__ = [
     "__version__",
@@ -19,5 +20,7 @@ __all__ = [
     "graft",
     "list_blocks",
     "list_models",
+    "load",
     "record_attention",
+    "save",
 ]

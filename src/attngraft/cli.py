@@ -260,6 +260,25 @@ def _run_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_export(args: argparse.Namespace) -> int:
+    from attngraft.export import dataset_images, export_model, load_network, random_images
+
+    if args.images < 2:
+        raise ConfigError(f"--images {args.images}: the check needs at least 2 images")
+    network = load_network(args.source)
+    if args.random:
+        images = random_images(network, count=args.images, image_size=args.image_size, in_chans=args.in_chans)
+    else:
+        images = dataset_images(
+            network, dataset=args.dataset, data_dir=args.data_dir, count=args.images, image_size=args.image_size
+        )
+    report = export_model(network, args.out, format=args.format, images=images, tolerance=args.tolerance)
+    shape = "x".join(str(size) for size in report.input_shape)
+    print(f"wrote {report.path} ({report.exporter}; input N x {shape}, batch dimension dynamic)")
+    print(f"max abs diff from eager PyTorch: {report.max_abs_diff:.3g} at batch sizes {list(report.batch_sizes)}")
+    return 0
+
+
 def _check_finite(value: float, option: str, *, minimum: float, inclusive: bool = True) -> None:
     """Raises a ConfigError naming ``option`` unless ``value`` is finite and at least (or above) ``minimum``."""
     if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
@@ -320,12 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=_run_models)
 
     graft_info = commands.add_parser("graft-info", help="build a graft spec; print its grafts and parameter counts")
-    graft_info.add_argument("spec", help="YAML graft spec (see configs/grafts/)")
+    graft_info.add_argument("spec", help="YAML graft spec, or a packaged one (configs/grafts/<name>)")
     graft_info.add_argument("--download", action="store_true", help="allow downloading imagenet weights")
     graft_info.set_defaults(handler=_run_graft_info)
 
     study = commands.add_parser("study", help="run a reference study: train, test and measure its cells; tables, plots")
-    study.add_argument("name", nargs="?", default="graft", help="study name (configs/studies/) or YAML file")
+    study.add_argument("name", nargs="?", default="graft", help="study name (see --list) or YAML file")
     study.add_argument("--profile", default="quick", help="quick (default, CPU minutes) or full (the reference)")
     study.add_argument("--out", help="results directory (default: runs/studies/<name>-<profile>)")
     study.add_argument("--resume", action="store_true", help="keep the finished runs in --out and continue")
@@ -382,6 +401,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cost.add_argument("--out", default="runs/cost", help="output directory (default: runs/cost)")
     cost.set_defaults(handler=_run_cost)
+
+    export = commands.add_parser(
+        "export", help="a saved model or checkpoint as torch.export, TorchScript or ONNX, checked against eager"
+    )
+    export.add_argument("source", help="a directory of attngraft.save, or a checkpoint of attngraft fit")
+    export.add_argument("--format", required=True, choices=["exported", "torchscript", "onnx"], help="the file kind")
+    export.add_argument("--out", required=True, help="the file to write (.pt2 for exported)")
+    export.add_argument("--dataset", default="fashion-mnist", help="check on its first test images (fashion-mnist)")
+    export.add_argument("--data-dir", help="directory searched first for the dataset's files")
+    export.add_argument("--random", action="store_true", help="check on random images instead of test images")
+    export.add_argument("--images", type=int, default=8, help="check images (default: 8)")
+    export.add_argument("--image-size", type=int, help="image side (default: the model's, else the dataset's)")
+    export.add_argument("--in-chans", type=int, help="input channels, with --random (default: the model's)")
+    export.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed logit difference (1e-4)")
+    export.set_defaults(handler=_run_export)
 
     for command, purpose in (
         ("fit", "train a recipe (LightningCLI: --config RECIPE.yaml, --trainer.max_epochs N, ...)"),

@@ -42,6 +42,14 @@ class WeightsNotFoundError(AttngraftError, FileNotFoundError):
     """Weights that are neither at the given path nor in any local cache (and downloading is off)."""
 
 
+class SavedModelError(AttngraftError, ValueError):
+    """A model that ``attngraft.save`` cannot describe, or a saved-model directory that cannot be written or read."""
+
+
+class ExportError(AttngraftError, RuntimeError):
+    """An export whose file does not reproduce the eager model, or that needs a package that is not installed."""
+
+
 class ConfigError(AttngraftError, ValueError):
     """A training configuration value that is invalid; the message names its key (e.g. ``model.lr``)."""
 

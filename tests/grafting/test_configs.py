@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from attngraft.grafting import build, load_spec, summarize
+from attngraft.recipes import packaged_directory
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs" / "grafts").glob("*.yaml"))
+CONFIGS = sorted((packaged_directory() / "grafts").glob("*.yaml"))
 
 
 def test_there_are_example_specs() -> None:

@@ -6,11 +6,11 @@ import pytest
 import yaml
 
 from attngraft.errors import ConfigError, UnknownNameError
+from attngraft.recipes import packaged_directory
 from attngraft.study.config import load_study, resolve_study, study_directories, substitute
 from attngraft.train.module import ImageClassifier
 
-REPO = Path(__file__).resolve().parents[2]
-STUDY_FILES = sorted((REPO / "configs" / "studies").glob("*.yaml"))
+STUDY_FILES = sorted((packaged_directory() / "studies").glob("*.yaml"))
 
 
 def resolve(content: dict, profile: str = "quick", **overrides):
@@ -41,7 +41,7 @@ def test_every_committed_study_builds_every_cell(path: Path):
 
 
 def test_committed_studies_are_found_by_name():
-    assert (REPO / "configs" / "studies").resolve() in [directory.resolve() for directory in study_directories()]
+    assert (packaged_directory() / "studies").resolve() in [directory.resolve() for directory in study_directories()]
     assert load_study("graft").source.name == "graft.yaml"
 
 

@@ -1,4 +1,4 @@
-"""Every recipe in configs/ parses, builds and runs one training and one validation batch (fast_dev_run)."""
+"""Every packaged recipe (attngraft/configs/) parses, builds and runs one training and validation batch."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from attngraft.cli import main
-from tests.train.conftest import REPO
+from attngraft.recipes import packaged_directory
 
-RECIPES = sorted((REPO / "configs").glob("*.yaml"))
+RECIPES = sorted(packaged_directory().glob("*.yaml"))
 
 
 def test_the_issue_recipes_exist() -> None:

@@ -382,17 +382,20 @@ def local_attention(
         probe: Receives the probabilities as (B, heads, H, W, k, k) when recording.
         compiled: Run the kernels through ``torch.compile`` (fused loops; compiled once per shape).
         dense: Take the dense path (:func:`dense_local_attention`); None: for small maps
-            (:func:`dense_applies`). Recording always takes the window path.
+            (:func:`dense_applies`). Recording and exporting always take the plain window path.
 
     Returns:
         (B, heads, head_dim, H, W).
     """
-    if probe.enabled:
+    # Exporting (torch.export, ONNX, jit.trace) takes the plain path too: the window path's batch chunks would fix
+    # the batch size, and the dense path's cached offsets must not be made under export's fake tensors.
+    if probe.enabled or torch.compiler.is_exporting() or torch._C._is_tracing():  # _is_tracing: jit.is_tracing, typed
         kernel_size = rel_rows.shape[1]
         height, width = query.shape[-2:]
         bias = border_bias(height, width, kernel_size, query)
         probabilities = logits(query, key, rel_rows, rel_cols, bias).softmax(2)  # (B, heads, k², H, W)
-        record_windows(probe, probabilities, kernel_size)
+        if probe.enabled:
+            record_windows(probe, probabilities, kernel_size)
         return aggregate(probabilities, value, kernel_size)
     # One dtype for everything saved for backward, which runs outside autocast: under bf16 autocast the projections
     # come out in bf16 while the embeddings are fp32 parameters (their gradients come back through the cast).

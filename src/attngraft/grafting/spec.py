@@ -58,6 +58,7 @@ from attngraft.grafting.insert import insert_block
 from attngraft.grafting.model import GraftedModel
 from attngraft.grafting.replace import replace_convolutions
 from attngraft.grafting.weights import imagenet_weights, load_weights, read_state_dict
+from attngraft.recipes import find_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,12 @@ SPEC_KEYS = ("backbone", "weights", "in_chans", "num_classes", "image_size", "do
 
 
 def load_spec(path: str | Path) -> dict[str, Any]:
-    """Reads a YAML spec and checks it (see :func:`check_spec`); errors name the file."""
-    path = Path(path)
+    """Reads a YAML spec and checks it (see :func:`check_spec`); errors name the file.
+
+    A relative path that does not exist may name a packaged spec (``configs/grafts/<name>.yaml``, see
+    :func:`attngraft.recipes.find_recipe`).
+    """
+    path = find_recipe(path)
     try:
         content = yaml.safe_load(path.read_text())
     except OSError as error:

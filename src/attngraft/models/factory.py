@@ -11,6 +11,8 @@ from torch import nn
 from attngraft.registry import Registry
 
 Builder = Callable[..., nn.Module]
+# The attribute under which create_model records its arguments on the model it builds.
+ZOO_CONFIG = "zoo_config"
 
 
 @dataclass(frozen=True)
@@ -50,16 +52,20 @@ def register_model(
 def create_model(name: str, *, num_classes: int | None = None, in_chans: int | None = None, **kwargs: Any) -> nn.Module:
     """Builds the model registered as ``name``; unset ``num_classes``/``in_chans`` take the model's defaults.
 
+    The model's ``zoo_config`` attribute records the arguments (defaults filled in): ``create_model(**zoo_config)``
+    builds the same architecture again (``attngraft.save`` relies on it).
+
     Raises:
         UnknownNameError: For an unknown name, listing the valid ones.
         TypeError: For options the model does not take.
     """
     spec = MODELS.get(name)
-    return spec.builder(
-        num_classes=spec.num_classes if num_classes is None else num_classes,
-        in_chans=spec.in_chans if in_chans is None else in_chans,
-        **kwargs,
-    )
+    num_classes = spec.num_classes if num_classes is None else num_classes
+    in_chans = spec.in_chans if in_chans is None else in_chans
+    model = spec.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    # What rebuilds it (attngraft.save writes it beside the weights): create_model(**model.zoo_config).
+    setattr(model, ZOO_CONFIG, {"name": name, "num_classes": num_classes, "in_chans": in_chans, **kwargs})
+    return model
 
 
 def list_models(pattern: str | None = None, family: str | None = None) -> list[str]:

@@ -1,5 +1,8 @@
 """A study described as data: ``configs/studies/<name>.yaml``, resolved for one profile into a list of runs.
 
+The reference studies ship inside the package (``attngraft/configs/studies/``); a ``configs/studies/`` directory in
+the working directory is searched first, for studies of one's own.
+
 The file::
 
     description: what the study asks
@@ -41,6 +44,7 @@ from typing import Any
 import yaml
 
 from attngraft.errors import ConfigError, UnknownNameError
+from attngraft.recipes import find_recipe, packaged_directory
 from attngraft.registry import unknown_name_message
 
 STUDY_KEYS = ("description", "data", "training", "trainer", "measure", "explain", "datasets", "profiles", "cells")
@@ -170,10 +174,10 @@ class Study:
 
 
 def study_directories() -> list[Path]:
-    """Where study names are looked up: ``./configs/studies`` and the source checkout's ``configs/studies``."""
-    checkout = Path(__file__).resolve().parents[3] / "configs" / "studies"
+    """Where study names are looked up: ``./configs/studies`` (if any), then the package's studies."""
     local = Path("configs") / "studies"
-    return [local] if local.resolve() == checkout else [local, checkout]
+    packaged = packaged_directory() / "studies"
+    return [local, packaged] if local.is_dir() and local.resolve() != packaged.resolve() else [packaged]
 
 
 def list_studies() -> list[str]:
@@ -182,12 +186,16 @@ def list_studies() -> list[str]:
 
 
 def find_study(name: str) -> Path:
-    """The file of study ``name``: a path to a YAML file, or a name in :func:`study_directories`."""
+    """The file of study ``name``: a name in :func:`study_directories`, or a YAML file (or a packaged one).
+
+    A YAML path that does not exist is looked up among the packaged files (:func:`attngraft.recipes.find_recipe`).
+    """
     path = Path(name)
     if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
+        found = find_recipe(path)
+        if not found.is_file():
             raise ConfigError(f"no study file at {path}")
-        return path
+        return found
     for directory in study_directories():
         candidate = directory / f"{name}.yaml"
         if candidate.is_file():

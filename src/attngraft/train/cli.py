@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from attngraft._io import atomic_path
 from attngraft.data import resolve_normalization
 from attngraft.data.datamodule import ImageDataModule
 from attngraft.errors import ConfigError
+from attngraft.recipes import recipe_arguments
 from attngraft.train.cache import FeatureCache
 from attngraft.train.callbacks import PredictionWriter
 from attngraft.train.module import ImageClassifier
@@ -140,9 +142,12 @@ def latest_checkpoint(run_root: Path) -> Path | None:
 
 def run_lightning(command: str, args: Sequence[str]) -> int:
     """Runs a training command: LightningCLI's ``fit|validate|test|predict``, or the LR finder."""
-    if command == "lr-find":
-        return lr_find(args)
-    AttngraftCLI([command, *args])
+    args = recipe_arguments(args)  # --config NAME: a local file, else a packaged recipe (attngraft.recipes)
+    with warnings.catch_warnings():  # the resolved arguments differ from sys.argv on purpose
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
+        if command == "lr-find":
+            return lr_find(args)
+        AttngraftCLI([command, *args])
     return 0
 
 
