@@ -72,7 +72,6 @@ class GraftedModel(nn.Module):
         self.in_chans = in_chans
         self.image_size = image_size
         self.head_stage: str | None = None
-        self.spec: dict[str, Any] | None = None  # the checked spec that rebuilds it (build()); None: a user's module
         self.records: list[GraftRecord] = []
         self.notes: list[str] = []
         # Backbone modules that are new (replacements, a re-initialised classifier): never frozen.

@@ -169,7 +169,6 @@ def build(spec: Mapping[str, Any] | str | Path) -> GraftedModel:
         backbone, name=name, weights=checked["weights"] or "random", in_chans=in_chans, image_size=image_size
     )
     model.notes.extend(notes)
-    model.spec = checked
     classifier = classifier_name(backbone)
     if classifier_is_new and classifier is not None:
         model.new_modules.append(classifier)

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from attngraft.errors import ConfigError, WeightsError, WeightsNotFoundError
 from attngraft.grafting.spec import load_spec
 from attngraft.grafting.weights import load_torch_file, read_state_dict
+from attngraft.saving import load_checked
 from attngraft.train.module import CHECKPOINT_KEY
 from attngraft.train.network import SPEC_SUFFIXES, NetworkConfig, build_network
 
@@ -70,7 +70,7 @@ def load_checkpoint(path: str | Path, *, network: nn.Module | None = None) -> Tr
         for key, value in (content.get("state_dict") or {}).items()
         if key.startswith(NETWORK_PREFIX)
     }
-    load_exactly(network, state, f"checkpoint {path}")
+    load_checked(network, state, source=f"of checkpoint {path}")
     return TrainedCheckpoint(
         network.eval(), hyperparameters, path, content.get("epoch"), content.get("global_step"), extra
     )
@@ -92,7 +92,7 @@ def rebuild_network(
     """
     network = build_network(offline_description(description), num_classes=num_classes, in_chans=in_chans)
     if weights is not None:
-        load_exactly(network, read_state_dict(weights), f"weights file {weights}")
+        load_checked(network, read_state_dict(weights), source=f"file {weights}")
     return network.eval()
 
 
@@ -103,23 +103,6 @@ def offline_description(description: NetworkConfig) -> NetworkConfig:
     if isinstance(description, Mapping) and "weights" in description:
         description = {**description, "weights": None}
     return description
-
-
-def load_exactly(network: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Copies ``state`` into ``network``; every key must be there and fit.
-
-    Raises:
-        WeightsError: Naming ``source`` and the first missing, unexpected or mis-shaped keys.
-    """
-    try:
-        result = network.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # a tensor of another shape
-        raise WeightsError(f"{source}: its weights do not fit the network: {error}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise WeightsError(
-            f"{source}: its weights do not fit the network "
-            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
-        )
 
 
 def _read(path: Path) -> Mapping[str, Any]:

@@ -15,11 +15,12 @@ from typing import Any
 
 from torch import nn
 
-from attngraft.errors import AttngraftError, ConfigError
-from attngraft.grafting import GraftedModel, build, load_spec
+from attngraft.errors import AttngraftError, ConfigError, SavedModelError
+from attngraft.grafting import build, load_spec
 from attngraft.grafting.backbone import create_backbone
 from attngraft.grafting.spec import check_spec
 from attngraft.models import create_model
+from attngraft.saving import describe
 
 NetworkConfig = str | Mapping[str, Any]
 # What ImageClassifier takes: a description, a spec file path, or the module itself.
@@ -84,18 +85,18 @@ def _build_spec(
 def describe_network(network: nn.Module) -> NetworkConfig | None:
     """The description that rebuilds ``network`` with :func:`build_network`, or None when there is none.
 
-    A model grafted by :func:`attngraft.build` keeps its spec (``network.spec``); a zoo model made by
-    :func:`attngraft.create_model` keeps its name and options (``network.zoo_config``). A module built by
-    other code, even one grafted with :func:`attngraft.graft`, has no description: only the same module can take
-    its weights.
+    A model grafted by :func:`attngraft.build` keeps its spec; a zoo model made by :func:`attngraft.create_model`
+    its name and options (as :func:`attngraft.save` writes them). A module built by other code, even one grafted
+    with :func:`attngraft.graft`, has no description: only the same module can take its weights.
     """
-    if isinstance(network, GraftedModel):
-        return _plain(dict(network.spec)) if network.spec else None
-    config = getattr(network, "zoo_config", None)
-    if not isinstance(config, Mapping) or not isinstance(config.get("name"), str):
+    try:
+        saved = describe(network)
+    except SavedModelError:
         return None
-    # The classes and channels are the classifier's own hyperparameters, given to build_network separately.
-    return _plain({key: value for key, value in config.items() if key not in ("num_classes", "in_chans")})
+    config = dict(saved["config"])
+    if saved["kind"] == "zoo":  # the classes and channels are the classifier's own hyperparameters
+        config = {key: value for key, value in config.items() if key not in ("num_classes", "in_chans")}
+    return _plain(config)
 
 
 def _plain(value: Any) -> Any:
