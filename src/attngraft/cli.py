@@ -12,10 +12,10 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from typing_extensions import override
 
-from attngraft import __version__
 from attngraft.errors import AttngraftError, ConfigError, UnknownNameError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -311,10 +311,24 @@ def _pixel(text: str) -> tuple[int, int]:
     return int(row), int(col)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: looks the version up only when asked (``importlib.metadata`` is slow to import)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    @override
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        import attngraft
+
+        print(f"attngraft {attngraft.__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``attngraft`` command."""
     parser = argparse.ArgumentParser(prog="attngraft", description="Add attention to vision models.")
-    parser.add_argument("--version", action="version", version=f"attngraft {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (staging, downloads)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -51,6 +52,22 @@ def test_every_run_is_trained_tested_and_measured(finished):
     assert head["cached_features"]
     assert not base["cached_features"]
     assert head["epochs"] == 2
+
+
+def test_the_study_log_has_one_line_per_event(finished):
+    log = (finished[1] / "study.log").read_text()
+    assert log.count("GPU available") == 1  # six Trainers: a check per cell, a fit per run
+    assert log.count("fashion-mnist: found in") == 1
+    assert "Tip:" not in log
+    epochs = re.findall(r"fashion-mnist/(\w+)/seed(\d): epoch (\d/\d), train_loss_epoch", log)
+    assert epochs == [
+        ("base", "0", "1/1"),
+        ("head", "0", "1/2"),
+        ("head", "0", "2/2"),
+        ("base", "1", "1/1"),
+        ("head", "1", "1/2"),
+        ("head", "1", "2/2"),
+    ]
 
 
 def test_results_files_hold_every_run_and_the_seed_summary(finished):

@@ -17,7 +17,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -131,6 +131,7 @@ def train_run(
     fingerprint: str,
     test_every_epoch: bool = False,
     feature_store: dict[str, FeatureDataset] | None = None,
+    callbacks: Sequence[L.Callback] = (),
 ) -> dict[str, Any]:
     """Trains, tests and measures one run; writes its files into ``directory`` and returns its table row.
 
@@ -143,6 +144,7 @@ def train_run(
         fingerprint: :func:`run_fingerprint`, stored with the row.
         test_every_epoch: Also test after every epoch; the row gets ``max_test_acc``.
         feature_store: Cached backbone features shared with the study's other runs (see :class:`FeatureCache`).
+        callbacks: More callbacks for the fit's Trainer (e.g. the run's progress line).
     """
     if directory.exists():  # an unfinished or outdated run: none of its files may outlive the retraining
         shutil.rmtree(directory)
@@ -154,7 +156,8 @@ def train_run(
         datamodule.setup("fit")
     model = _classifier(run, datamodule, backbone_weights)
     cache = FeatureCache(mode="auto", store=feature_store)
-    row = _describe(run, backbone_weights) | _fit_and_test(run, directory, model, datamodule, cache, test_every_epoch)
+    fitted = _fit_and_test(run, directory, model, datamodule, cache, test_every_epoch, callbacks)
+    row = _describe(run, backbone_weights) | fitted
     save_weights(model.network, directory / WEIGHTS_FILE)
     input_shape = tuple(datamodule.splits["test"][0][0].shape)  # (C, H, W)
     network = model.network.cpu()
@@ -185,10 +188,11 @@ def _fit_and_test(
     datamodule: ImageDataModule,
     cache: FeatureCache,
     test_every_epoch: bool,
+    callbacks: Sequence[L.Callback] = (),
 ) -> dict[str, Any]:
     """Fits ``model``, tests its final weights; the accuracy, loss and training-time columns."""
     tracker = TestEveryEpoch(datamodule) if test_every_epoch else None
-    trainer = _trainer(run, directory, cache, *([tracker] if tracker else []))
+    trainer = _trainer(run, directory, cache, *([tracker] if tracker else []), *callbacks)
     start = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule)

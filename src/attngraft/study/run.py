@@ -37,6 +37,7 @@ from attngraft.study.cell import (
 from attngraft.study.config import Run, Study
 from attngraft.study.measure import environment
 from attngraft.study.plots import plot_accuracy_latency, plot_attributions, plot_training_curves
+from attngraft.study.progress import CellProgress, StudyLogFilter
 from attngraft.study.report import latency_columns, markdown_table, summarize, write_rows
 from attngraft.train.cache import FeatureDataset
 
@@ -147,6 +148,7 @@ def _run_once(
         fingerprint=fingerprint,
         test_every_epoch=study.test_every_epoch,
         feature_store=feature_store,
+        callbacks=[CellProgress(run.key, bar=options.progress)],
     )
 
 
@@ -304,10 +306,14 @@ def _now() -> str:
 
 @contextmanager
 def _study_logging(path: Path) -> Iterator[None]:
-    """Sends attngraft's and Lightning's log records and Python warnings to ``path``; the console stays quiet."""
+    """Sends attngraft's and Lightning's log records and Python warnings to ``path``; the console stays quiet.
+
+    Lightning's per-Trainer banners and the data modules' "found in" lines are written once, its tips never.
+    """
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
+    handler.addFilter(StudyLogFilter())
     names = ("attngraft", "lightning.pytorch", "lightning.fabric", "py.warnings")
     loggers = [logging.getLogger(name) for name in names]
     saved = [(log, log.level, log.propagate, list(log.handlers)) for log in loggers]
