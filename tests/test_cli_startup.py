@@ -63,3 +63,16 @@ assert out.getvalue().startswith("attngraft "), out.getvalue()
 """
     )
     assert imported == []
+
+
+def test_describing_fashion_mnist_imports_no_torch(fashion_mnist_dir) -> None:
+    """``attngraft data`` on an in-memory dataset reads and measures it with numpy alone."""
+    imported = heavy_modules_after(
+        f"""
+from attngraft.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    assert main(["data", "fashion-mnist", "--data-dir", {str(fashion_mnist_dir)!r}]) == 0
+assert "official train 60000" in out.getvalue(), out.getvalue()
+"""
+    )
+    assert {name.split(".")[0] for name in imported} == {"numpy"}

@@ -197,3 +197,58 @@ def test_empty_image_folder_split_is_named(tmp_path: Path) -> None:
     (tmp_path / "test").mkdir()
     with pytest.raises(DataNotFoundError, match="train"):
         load_split("imagefolder", train=True, data_dir=tmp_path)
+
+
+def test_fixed_class_names_and_files_equal_torchvisions() -> None:
+    """The registry names classes and files without importing torchvision; they must stay torchvision's."""
+    import torchvision
+
+    from attngraft.data import IMAGE_EXTENSIONS
+    from attngraft.data.sources import CIFAR10_FILES, CIFAR100_FILES
+
+    assert get_dataset_spec("fashion-mnist").source.classes == tuple(torchvision.datasets.FashionMNIST.classes)
+    assert get_dataset_spec("mnist").source.classes == tuple(torchvision.datasets.MNIST.classes)
+    assert IMAGE_EXTENSIONS == torchvision.datasets.folder.IMG_EXTENSIONS
+    for files in (CIFAR10_FILES, CIFAR100_FILES):
+        torchvision_class = getattr(torchvision.datasets, files.class_name)
+        assert (files.base_folder, files.archive) == (torchvision_class.base_folder, torchvision_class.filename)
+        assert files.train == tuple(name for name, _ in torchvision_class.train_list)
+        assert files.test == tuple(name for name, _ in torchvision_class.test_list)
+        assert files.meta == (torchvision_class.meta["filename"], torchvision_class.meta["key"])
+
+
+def assert_arrays_equal_the_dataset(name: str, data_dir: Path) -> None:
+    """split_dataset(in_memory=True) reads what torchvision's dataset holds: same images, labels, classes, splits."""
+    from attngraft.data import split_dataset
+
+    arrays = split_dataset(name, data_dir=data_dir, val_size=5, in_memory=True)
+    datasets = split_dataset(name, data_dir=data_dir, val_size=5)
+    for split in ("train", "val", "test"):
+        assert arrays[split].indices == datasets[split].indices
+        memory, dataset = arrays[split].dataset, datasets[split].dataset
+        np.testing.assert_array_equal(memory.data, np.asarray(dataset.data))
+        np.testing.assert_array_equal(memory.targets, np.asarray(dataset.targets))
+        assert memory.classes == list(dataset.classes)
+
+
+@pytest.mark.parametrize("name", ["fashion-mnist", "mnist"])
+def test_idx_arrays_equal_the_torchvision_dataset(tmp_path: Path, name: str) -> None:
+    write_idx_dataset(tmp_path, make_idx_arrays())
+    assert_arrays_equal_the_dataset(name, tmp_path)
+
+
+@pytest.mark.parametrize(("name", "cifar100"), [("cifar10", False), ("cifar100", True)])
+def test_cifar_arrays_equal_the_torchvision_dataset(tmp_path: Path, name: str, cifar100: bool) -> None:
+    write_cifar_folder(tmp_path, cifar100=cifar100)
+    assert_arrays_equal_the_dataset(name, tmp_path)
+
+
+def test_cifar_arrays_refuse_a_batch_that_runs_code(tmp_path: Path) -> None:
+    from attngraft.data import split_dataset
+
+    folder = write_cifar_folder(tmp_path)
+    marker = tmp_path / "code-ran"
+    (folder / "data_batch_2").write_bytes(malicious_pickle(marker))
+    with pytest.raises(CorruptDataError, match=r"data_batch_2: .* is not allowed"):
+        split_dataset("cifar10", data_dir=tmp_path, val_size=5, in_memory=True)
+    assert not marker.exists()

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from attngraft.data import split_indices, splits
+from attngraft.data import split_indices, stratified_split
+from attngraft.data.shuffle import SeededShuffler, seeded_permutation
 
 
 def test_split_is_a_seeded_partition() -> None:
@@ -23,76 +24,34 @@ def test_invalid_val_size(val_size: float) -> None:
         split_indices(100, val_size, seed=0)
 
 
-class CountingSource(torch.utils.data.Dataset):
-    """Items (tensor of the index, label) that count how often they are read."""
-
-    def __init__(self, size: int, side: int = 2) -> None:
-        self.size, self.side, self.reads = size, side, 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int):
-        self.reads += 1
-        return torch.full((1, self.side, self.side), float(index)), index % 3
+@pytest.mark.parametrize("seed", [0, 1, 123, 2**31 - 1, 2**32 + 5, -1])
+def test_permutations_equal_torch_randperm(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    shuffler = SeededShuffler(seed)
+    for size in (5, 0, 1, 2, 37, 1000, 3, 60_000):  # successive draws continue one generator, as torch's do
+        assert shuffler.permutation(size) == torch.randperm(size, generator=generator).tolist(), size
+    assert seeded_permutation(50, seed) == torch.randperm(50, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-@pytest.fixture
-def fresh_memos(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(splits, "_memos", {})
+def test_splits_equal_the_torch_defined_ones() -> None:
+    """The splits are defined by torch.randperm on a seeded generator (what earlier versions called)."""
+    order = torch.randperm(1000, generator=torch.Generator().manual_seed(7)).tolist()
+    assert split_indices(1000, 100, seed=7) == (order[100:], order[:100])
+    labels = [index % 3 for index in range(30)]
+    generator = torch.Generator().manual_seed(5)
+    chosen: dict[str, list[int]] = {"train": [], "val": []}
+    for label in range(3):
+        items = [index for index in range(30) if labels[index] == label]
+        order = torch.randperm(len(items), generator=generator).tolist()
+        chosen["val"] += [items[i] for i in order[:2]]
+        chosen["train"] += [items[i] for i in order[2:]]
+    expected = {
+        split: [items[i] for i in torch.randperm(len(items), generator=generator).tolist()]
+        for split, items in chosen.items()
+    }
+    assert stratified_split(labels, {"val": 6}, seed=5, where="folder") == expected
 
 
-@pytest.mark.usefixtures("fresh_memos")
-def test_memoised_subsets_read_each_item_once_and_share_it_by_key() -> None:
-    source = CountingSource(6)
-    first = splits.TransformedSubset(source, [0, 1, 2], lambda image: image * 2, memo_key="k")
-    other = splits.TransformedSubset(source, [2, 3], lambda image: image * 2, memo_key="k")
-    assert [int(first[i][0][0, 0, 0]) for i in range(3)] == [0, 2, 4]
-    assert [first[i][1] for i in range(3)] == [0, 1, 2]
-    assert source.reads == 3
-    assert first[0][0] is first[0][0]
-    assert int(other[0][0][0, 0, 0]) == 4
-    assert source.reads == 3  # item 2 came from the memo of the first subset
-    other[1]
-    assert source.reads == 4
-
-
-@pytest.mark.usefixtures("fresh_memos")
-def test_subsets_without_a_key_or_with_another_key_do_not_share() -> None:
-    source = CountingSource(4)
-    splits.TransformedSubset(source, [0], lambda image: image, memo_key="a")[0]
-    splits.TransformedSubset(source, [0], lambda image: image + 1, memo_key="b")[0]
-    plain = splits.TransformedSubset(source, [0], lambda image: image)
-    plain[0]
-    plain[0]
-    assert source.reads == 4
-
-
-@pytest.mark.usefixtures("fresh_memos")
-def test_a_source_too_large_for_the_budget_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(splits, "MEMO_BYTES", 100)
-    source = CountingSource(10, side=4)  # 10 items of 64 bytes
-    subset = splits.TransformedSubset(source, [0, 1], lambda image: image, memo_key="big")
-    subset[0]
-    subset[0]
-    assert source.reads == 2
-
-
-@pytest.mark.usefixtures("fresh_memos")
-def test_data_module_keeps_deterministic_images_only(fashion_mnist_dir) -> None:
-    from torchvision.transforms import v2
-
-    from attngraft.data.datamodule import ImageDataModule
-
-    plain = ImageDataModule(data_dir=fashion_mnist_dir, train_size=8, val_size=8)
-    plain.setup("fit")
-    assert plain.splits["train"].memo_key == plain.splits["val"].memo_key is not None
-    augmented = ImageDataModule(
-        data_dir=fashion_mnist_dir, train_size=8, val_size=8, train_augment=[v2.RandomHorizontalFlip()]
-    )
-    augmented.setup("fit")
-    assert augmented.splits["train"].memo_key is None
-    assert augmented.splits["val"].memo_key == plain.splits["val"].memo_key
-    off = ImageDataModule(data_dir=fashion_mnist_dir, train_size=8, val_size=8, cache_images=False)
-    off.setup("fit")
-    assert off.splits["val"].memo_key is None
+def test_a_negative_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="size >= 0"):
+        SeededShuffler(0).permutation(-1)

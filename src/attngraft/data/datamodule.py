@@ -15,7 +15,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import RandomSampler
 
 from attngraft.data.datasets import SplitPart, get_dataset_spec, locate_dataset, split_dataset
-from attngraft.data.splits import TransformedSubset
+from attngraft.data.subset import TransformedSubset
 from attngraft.data.transforms import Normalization, build_transform, normalization_statistics, resolve_normalization
 from attngraft.errors import ConfigError, check_values
 
@@ -177,14 +177,14 @@ class ImageDataModule(L.LightningDataModule):
                 self.train_transform if training else self.eval_transform,
                 None if training and self.train_augment else key,  # random augmentations are never kept
             )
-            self.classes = list(part.dataset.classes)  # type: ignore[attr-defined]
+            self.classes = list(part.dataset.classes)
 
     def _memo_key(self, part: SplitPart) -> str | None:
         """The key under which the evaluation-transformed images of ``part`` are kept; None: ``cache_images`` off."""
         if not self.cache_images:
             return None
         source = part.dataset
-        return f"{self.spec.name}|{getattr(source, 'root', '')}|{part.part}|{len(source)}|{self.eval_transform!r}"  # type: ignore[arg-type]
+        return f"{self.spec.name}|{getattr(source, 'root', '')}|{part.part}|{len(source)}|{self.eval_transform!r}"
 
     @property
     def num_classes(self) -> int:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torchvision
-from torch.utils.data import Dataset
-
+from attngraft.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from attngraft.data.locate import cache_dir
 from attngraft.data.sources import (
-    _CIFAR10,
-    _CIFAR100,
+    CIFAR10_FILES,
+    CIFAR100_FILES,
     CifarSource,
     IdxSource,
     ImageFolderSource,
@@ -21,11 +19,22 @@ from attngraft.data.sources import (
     Source,
 )
 from attngraft.data.splits import split_indices, stratified_split
-from attngraft.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from attngraft.errors import ConfigError, DataNotFoundError
 from attngraft.registry import Registry
 
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
 logger = logging.getLogger(__name__)
+
+# Class names in label order, as torchvision's classes list them (a test keeps them equal).
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+MNIST_CLASSES = tuple(
+    f"{digit} - {word}"
+    for digit, word in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"))
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,8 @@ _register(
     DatasetSpec(
         name="fashion-mnist",
         source=IdxSource(
-            torchvision.datasets.FashionMNIST,
+            "FashionMNIST",
+            FASHION_MNIST_CLASSES,
             aliases=("fashion-mnist", "fashion_mnist", "FashionMNIST"),
             system_dirs=("/usr/share/datasets/fashion-mnist",),
         ),
@@ -95,7 +105,7 @@ _register(
     DatasetSpec(
         name="mnist",
         source=IdxSource(
-            torchvision.datasets.MNIST, aliases=("mnist", "MNIST"), system_dirs=("/usr/share/datasets/mnist",)
+            "MNIST", MNIST_CLASSES, aliases=("mnist", "MNIST"), system_dirs=("/usr/share/datasets/mnist",)
         ),
         mean=(0.1307,),
         std=(0.3081,),
@@ -107,7 +117,7 @@ _register(
 _register(
     DatasetSpec(
         name="cifar10",
-        source=CifarSource(_CIFAR10, download_class=torchvision.datasets.CIFAR10),
+        source=CifarSource(CIFAR10_FILES),
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2470, 0.2435, 0.2616),
         val_size=5_000,
@@ -118,7 +128,7 @@ _register(
 _register(
     DatasetSpec(
         name="cifar100",
-        source=CifarSource(_CIFAR100, download_class=torchvision.datasets.CIFAR100),
+        source=CifarSource(CIFAR100_FILES),
         mean=(0.5071, 0.4865, 0.4409),
         std=(0.2673, 0.2564, 0.2762),
         val_size=5_000,
@@ -200,12 +210,13 @@ class SplitPart:
     """The images of one split: items of a dataset (an official split, or the whole of a flat image folder).
 
     Attributes:
-        dataset: The dataset the indices point into (images as PIL, no transform).
+        dataset: The dataset the indices point into (images as PIL, no transform), or the split's numpy arrays
+            when :func:`split_dataset` was asked for them (``in_memory=True``).
         indices: Which of its items, in a seeded order.
         part: Which official part ``dataset`` is: ``train``, ``test``, or ``all`` (a flat folder).
     """
 
-    dataset: Dataset[Any]
+    dataset: Any  # Dataset[Any] | ImageArrays: both have __len__, targets and classes
     indices: list[int]
     part: str
 
@@ -219,6 +230,7 @@ def split_dataset(
     val_size: int | float | None = None,
     test_size: int | float | None = None,
     seed: int = 0,
+    in_memory: bool = False,
 ) -> dict[str, SplitPart]:
     """The train, val and test images of dataset ``name``, as the data module and ``attngraft data`` use them.
 
@@ -234,6 +246,8 @@ def split_dataset(
         val_size: Validation images, a count or a fraction; default the dataset's.
         test_size: Test images of a flat image folder, a count or a fraction; default the dataset's.
         seed: Seed of the split.
+        in_memory: Read the official splits of in-memory datasets (MNIST family, CIFAR) into numpy arrays
+            (:class:`ImageArrays`) without importing torch; other datasets are opened as datasets all the same.
 
     Raises:
         ConfigError: If ``test_size`` is given for a dataset with its own test split, or a class of an image folder
@@ -244,7 +258,7 @@ def split_dataset(
     val_size = spec.val_size if val_size is None else val_size
     if located.layout == "flat":
         test_size = spec.test_size if test_size is None else test_size
-        folder = spec.source.open(located.root, train=True)
+        folder = _open(spec, located.root, True, in_memory)
         indices = _split(spec, folder, {"val": val_size, "test": test_size}, seed, located.root)
         return {split: SplitPart(folder, indices[split], "all") for split in splits}
     if test_size is not None:
@@ -254,29 +268,34 @@ def split_dataset(
         )
     parts: dict[str, SplitPart] = {}
     if "train" in splits or "val" in splits:
-        official_train = spec.source.open(located.root, train=True)
+        official_train = _open(spec, located.root, True, in_memory)
         indices = _split(spec, official_train, {"val": val_size}, seed, located.root)
         parts.update({split: SplitPart(official_train, indices[split], "train") for split in ("train", "val")})
     if "test" in splits:
-        official_test = spec.source.open(located.root, train=False)
-        parts["test"] = SplitPart(official_test, list(range(len(official_test))), "test")  # type: ignore[arg-type]
+        official_test = _open(spec, located.root, False, in_memory)
+        parts["test"] = SplitPart(official_test, list(range(len(official_test))), "test")
     return {split: parts[split] for split in splits}
 
 
+def _open(spec: DatasetSpec, root: Path, train: bool, in_memory: bool) -> Any:
+    arrays = spec.source.arrays(root, train) if in_memory else None
+    return arrays if arrays is not None else spec.source.open(root, train)
+
+
 def _split(
-    spec: DatasetSpec, dataset: Dataset[Any], sizes: dict[str, int | float], seed: int, where: Path
+    spec: DatasetSpec, dataset: Any, sizes: dict[str, int | float], seed: int, where: Path
 ) -> dict[str, list[int]]:
     """Item indices of ``train`` and the held-out splits of ``sizes``."""
     try:
         if not spec.stratify:
-            train, val = split_indices(len(dataset), sizes["val"], seed)  # type: ignore[arg-type]
+            train, val = split_indices(len(dataset), sizes["val"], seed)
             return {"train": train, "val": val}
         return stratified_split(
-            dataset.targets,  # type: ignore[attr-defined]
+            dataset.targets,
             sizes,
             seed,
             where=str(getattr(dataset, "root", where)),
-            class_names=dataset.classes,  # type: ignore[attr-defined]
+            class_names=dataset.classes,
         )
     except ValueError as error:
         raise ConfigError(f"data: {error}") from None

@@ -15,6 +15,7 @@ from functools import reduce
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 from typing_extensions import override
 
 from attngraft.errors import CorruptDataError
@@ -50,6 +51,20 @@ def check_idx_file(path: Path, expected_ndim: int | None = None) -> tuple[int, .
             f"file has {actual_bytes} bytes"
         )
     return shape
+
+
+def read_idx(path: Path, expected_ndim: int | None = None) -> np.ndarray:
+    """Reads a checked uint8 IDX file (MNIST images or labels) into a numpy array of the header's shape.
+
+    Raises:
+        CorruptDataError: Naming the file, for anything :func:`check_idx_file` refuses or a type other than uint8.
+    """
+    shape = check_idx_file(path, expected_ndim)
+    with open(path, "rb") as file:
+        type_code = file.read(4)[2]
+        if type_code != 0x08:
+            raise CorruptDataError(f"{path}: expected IDX type 0x08 (unsigned bytes), found 0x{type_code:02x}")
+        return np.fromfile(file, dtype=np.uint8, offset=4 * len(shape)).reshape(shape)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -95,6 +110,18 @@ def check_cifar_batch(path: Path, label_key: str) -> int:
     Returns:
         The number of images N.
     """
+    return len(read_cifar_batch(path, label_key)[1])
+
+
+def read_cifar_batch(path: Path, label_key: str) -> tuple[Any, list[int]]:
+    """Reads one CIFAR python batch with the safe unpickler.
+
+    Returns:
+        The images (numpy array of shape (N, 3072): 1,024 red, green and blue values per image) and their labels.
+
+    Raises:
+        CorruptDataError: Naming the file and what is wrong with it.
+    """
     entry = safe_unpickle(path)
     if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
         found = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
@@ -105,4 +132,4 @@ def check_cifar_batch(path: Path, label_key: str) -> int:
         raise CorruptDataError(f"{path}: 'data' must have shape (N, 3072), found {shape}")
     if len(labels) != shape[0]:
         raise CorruptDataError(f"{path}: {shape[0]} images but {len(labels)} labels")
-    return int(shape[0])
+    return data, list(labels)

@@ -17,7 +17,6 @@ Pillow reads 16-bit colour PNGs as 8-bit ``RGB``; they keep 8 bits.
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -27,21 +26,18 @@ import torchvision
 from PIL import Image, UnidentifiedImageError
 from typing_extensions import override
 
+from attngraft.data.folders import IMAGE_EXTENSIONS, class_folders, is_hidden
 from attngraft.errors import CorruptDataError, DataNotFoundError
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "canonical_image", "class_folders", "is_hidden", "load_image"]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: tuple[str, ...] = torchvision.datasets.folder.IMG_EXTENSIONS
 SIXTEEN_BIT_MAX = 65535.0
 
 _GREY_MODES = frozenset({"L", "1"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "PA", "LA", "La"})
 _INTEGER_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "I;16S", "I;16BS", "I;16LS", "I;32", "I;32B"})
-
-
-def is_hidden(name: str) -> bool:
-    """Hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``) are never read as classes or images."""
-    return name.startswith(".")
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -156,9 +152,3 @@ class ImageFolderDataset(torchvision.datasets.ImageFolder):  # type: ignore[misc
                 f"(image files end in {', '.join(IMAGE_EXTENSIONS)})"
             )
         return samples
-
-
-def class_folders(directory: Path) -> list[str]:
-    """The sorted names of the visible sub-folders of ``directory`` (the classes of an image folder)."""
-    with os.scandir(directory) as entries:
-        return sorted(entry.name for entry in entries if entry.is_dir() and not is_hidden(entry.name))

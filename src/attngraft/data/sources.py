@@ -2,6 +2,9 @@
 
 A *source* answers two questions: is the dataset in this candidate directory (staging it into the cache if
 its files need decompressing or extracting), and how to open a split from the resulting torchvision root.
+Sources of in-memory datasets (MNIST family, CIFAR) can also read a split into numpy arrays without torch
+(:meth:`Source.arrays`), which is how ``attngraft data`` describes them in well under a second; torchvision is
+imported only when a split is opened as a dataset.
 """
 
 from __future__ import annotations
@@ -10,17 +13,19 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torchvision
-from torch.utils.data import Dataset
+import numpy as np
 from typing_extensions import override
 
 from attngraft._io import atomic_path
 from attngraft.data import formats
-from attngraft.data.images import ImageFolderDataset, class_folders
+from attngraft.data.folders import class_folders
 from attngraft.data.locate import is_fresh, search_roots, stage_gunzip, stage_tar, staging_dir
 from attngraft.errors import CorruptDataError, DataNotFoundError
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,24 @@ class Located:
     layout: str = "train/test"
 
 
+@dataclass(frozen=True)
+class ImageArrays:
+    """An official split read into memory with numpy (no torch): what ``attngraft data`` measures.
+
+    Attributes:
+        data: The images, uint8 of shape (N, H, W) (grey) or (N, H, W, C), as torchvision's ``dataset.data``.
+        targets: The label of every image.
+        classes: Class names in label order.
+    """
+
+    data: np.ndarray
+    targets: np.ndarray
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
 class Source:
     """Base class: finds a dataset's files in candidate directories and opens its splits."""
 
@@ -59,7 +82,11 @@ class Source:
         raise NotImplementedError
 
     def class_names(self, root: Path) -> list[str] | None:
-        """The class names, when they can be listed without reading the images (image folders); else None."""
+        """The class names, when they can be listed without reading the images; else None."""
+        return None
+
+    def arrays(self, root: Path, train: bool) -> ImageArrays | None:
+        """The official train or test split read into numpy arrays, for in-memory datasets; else None."""
         return None
 
     def download(self, root: Path) -> None:
@@ -75,7 +102,9 @@ class IdxSource(Source):
     """MNIST-family datasets in LeCun's IDX format (raw or ``.gz``), read by torchvision's MNIST classes.
 
     Args:
-        dataset_class: The torchvision class (``torchvision.datasets.FashionMNIST``, ``MNIST``).
+        class_name: The torchvision class in ``torchvision.datasets`` (``FashionMNIST``, ``MNIST``); also the folder
+            torchvision reads (``<root>/<class_name>/raw``).
+        classes: The class names in label order (as the torchvision class lists them; a test keeps them equal).
         aliases: Extra sub-folder names to look in (``fashion-mnist``).
         system_dirs: System-wide locations, searched last.
     """
@@ -87,11 +116,19 @@ class IdxSource(Source):
         "t10k-labels-idx1-ubyte",
     )
 
-    def __init__(self, dataset_class: Any, aliases: tuple[str, ...], system_dirs: tuple[str, ...] = ()) -> None:
-        self.dataset_class = dataset_class
-        self.folder: str = dataset_class.__name__
+    def __init__(
+        self, class_name: str, classes: tuple[str, ...], aliases: tuple[str, ...], system_dirs: tuple[str, ...] = ()
+    ) -> None:
+        self.folder = class_name
+        self.classes = classes
         self.aliases = aliases
         self.system_dirs = system_dirs
+
+    def dataset_class(self) -> Any:
+        """The torchvision dataset class (imports torchvision)."""
+        import torchvision
+
+        return getattr(torchvision.datasets, self.folder)
 
     @override
     def find(self, candidate: Path, name: str) -> Located | None:
@@ -138,71 +175,83 @@ class IdxSource(Source):
 
     @override
     def open(self, root: Path, train: bool) -> Dataset[Any]:
-        return self.dataset_class(root=str(root), train=train)
+        dataset: Dataset[Any] = self.dataset_class()(root=str(root), train=train)
+        return dataset
+
+    @override
+    def class_names(self, root: Path) -> list[str] | None:
+        return list(self.classes)
+
+    @override
+    def arrays(self, root: Path, train: bool) -> ImageArrays:
+        raw, prefix = root / self.folder / "raw", "train" if train else "t10k"
+        images = formats.read_idx(raw / f"{prefix}-images-idx3-ubyte", expected_ndim=3)  # (N, H, W)
+        labels = formats.read_idx(raw / f"{prefix}-labels-idx1-ubyte", expected_ndim=1)  # (N,)
+        return ImageArrays(images, labels.astype(np.int64), list(self.classes))
 
     @override
     def download(self, root: Path) -> None:
-        self.dataset_class(root=str(root), train=True, download=True)
+        self.dataset_class()(root=str(root), train=True, download=True)
 
     @override
     def expected_layout(self) -> str:
         return f"{', '.join(self.FILES)} (raw or .gz), directly or under {self.folder}/raw/"
 
 
-class _ValidatedCifarMixin:
-    """Replaces torchvision's md5-only checks by format validation with a safe unpickler.
+@dataclass(frozen=True)
+class CifarFiles:
+    """The files of a CIFAR variant (torchvision's class attributes; a test keeps them equal).
 
-    torchvision unpickles the batches with ``pickle.load``; we first parse every file it will read with
-    :func:`formats.safe_unpickle`, which refuses any global other than numpy array reconstruction, so the
-    later load cannot run code. It also accepts valid files whose checksum differs (re-packed copies).
+    Attributes:
+        class_name: The class in ``torchvision.datasets`` (``CIFAR10``, ``CIFAR100``).
+        base_folder: The extracted folder.
+        archive: The original ``.tar.gz`` archive.
+        train: The training batch files.
+        test: The test batch files.
+        meta: The metadata file and its key of class names.
+        label_key: The key of the labels in each batch.
     """
 
-    root: str
+    class_name: str
     base_folder: str
-    train: bool
-    train_list: list[list[str]]
-    test_list: list[list[str]]
-    meta: dict[str, str]
-    classes: list[str]
-    class_to_idx: dict[str, int]
-    label_key: ClassVar[str]
-
-    def _check_integrity(self) -> bool:  # replaces torchvision's md5 check
-        folder = Path(self.root) / self.base_folder
-        for file, _ in self.train_list if self.train else self.test_list:
-            path = folder / file
-            if not path.is_file():
-                raise DataNotFoundError(f"{path}: missing CIFAR batch file")
-            formats.check_cifar_batch(path, self.label_key)
-        return True
-
-    def _load_meta(self) -> None:  # replaces torchvision's md5 check + pickle.load
-        path = Path(self.root) / self.base_folder / self.meta["filename"]
-        if not path.is_file():
-            raise DataNotFoundError(f"{path}: missing CIFAR metadata file")
-        meta = formats.safe_unpickle(path)
-        if not isinstance(meta, dict) or self.meta["key"] not in meta:
-            raise CorruptDataError(f"{path}: expected a dict with key {self.meta['key']!r}")
-        self.classes = list(meta[self.meta["key"]])
-        self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
+    archive: str
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    meta: tuple[str, str]
+    label_key: str
 
 
-class _CIFAR10(_ValidatedCifarMixin, torchvision.datasets.CIFAR10):  # type: ignore[misc]
-    label_key = "labels"
-
-
-class _CIFAR100(_ValidatedCifarMixin, torchvision.datasets.CIFAR100):  # type: ignore[misc]
-    label_key = "fine_labels"
+CIFAR10_FILES = CifarFiles(
+    "CIFAR10",
+    "cifar-10-batches-py",
+    "cifar-10-python.tar.gz",
+    tuple(f"data_batch_{number}" for number in range(1, 6)),
+    ("test_batch",),
+    ("batches.meta", "label_names"),
+    "labels",
+)
+CIFAR100_FILES = CifarFiles(
+    "CIFAR100",
+    "cifar-100-python",
+    "cifar-100-python.tar.gz",
+    ("train",),
+    ("test",),
+    ("meta", "fine_label_names"),
+    "fine_labels",
+)
 
 
 class CifarSource(Source):
-    """CIFAR-10/100 python batches: the extracted folder or the original ``.tar.gz`` archive."""
+    """CIFAR-10/100 python batches: the extracted folder or the original ``.tar.gz`` archive.
 
-    def __init__(self, dataset_class: Any, download_class: Any) -> None:
-        self.dataset_class = dataset_class
-        self.download_class = download_class
-        self.base_folder: str = dataset_class.base_folder
-        self.archive: str = dataset_class.filename
+    Args:
+        files: The variant's files (:data:`CIFAR10_FILES`, :data:`CIFAR100_FILES`).
+    """
+
+    def __init__(self, files: CifarFiles) -> None:
+        self.files = files
+        self.base_folder = files.base_folder
+        self.archive = files.archive
 
     @override
     def find(self, candidate: Path, name: str) -> Located | None:
@@ -219,16 +268,55 @@ class CifarSource(Source):
 
     @override
     def open(self, root: Path, train: bool) -> Dataset[Any]:
-        return self.dataset_class(root=str(root), train=train)
+        from attngraft.data import cifar
+
+        dataset: Dataset[Any] = getattr(cifar, f"Safe{self.files.class_name}")(root=str(root), train=train)
+        return dataset
+
+    @override
+    def class_names(self, root: Path) -> list[str] | None:
+        return cifar_class_names(root / self.base_folder / self.files.meta[0], self.files.meta[1])
+
+    @override
+    def arrays(self, root: Path, train: bool) -> ImageArrays:
+        folder = root / self.base_folder
+        images, labels = [], []
+        for file in self.files.train if train else self.files.test:
+            path = folder / file
+            if not path.is_file():
+                raise DataNotFoundError(f"{path}: missing CIFAR batch file")
+            batch_images, batch_labels = formats.read_cifar_batch(path, self.files.label_key)
+            images.append(np.asarray(batch_images, dtype=np.uint8).reshape(-1, 3, 32, 32))  # (N, C, H, W)
+            labels.extend(batch_labels)
+        data = np.concatenate(images).transpose(0, 2, 3, 1)  # (N, H, W, C), as torchvision's dataset.data
+        names = self.class_names(root) or []
+        return ImageArrays(data, np.asarray(labels, dtype=np.int64), names)
 
     @override
     def download(self, root: Path) -> None:
+        import torchvision
+
         # torchvision's own class checks the archive's md5 before extracting it.
-        self.download_class(root=str(root), train=True, download=True)
+        getattr(torchvision.datasets, self.files.class_name)(root=str(root), train=True, download=True)
 
     @override
     def expected_layout(self) -> str:
         return f"{self.base_folder}/ (extracted) or {self.archive}"
+
+
+def cifar_class_names(path: Path, key: str) -> list[str]:
+    """The class names of a CIFAR metadata file, read with the safe unpickler.
+
+    Raises:
+        DataNotFoundError: If the file is missing.
+        CorruptDataError: If it is not a dict holding ``key``.
+    """
+    if not path.is_file():
+        raise DataNotFoundError(f"{path}: missing CIFAR metadata file")
+    meta = formats.safe_unpickle(path)
+    if not isinstance(meta, dict) or key not in meta:
+        raise CorruptDataError(f"{path}: expected a dict with key {key!r}")
+    return [str(name) for name in meta[key]]
 
 
 class ImageFolderSource(Source):
@@ -261,6 +349,8 @@ class ImageFolderSource(Source):
 
     @override
     def open(self, root: Path, train: bool) -> Dataset[Any]:
+        from attngraft.data.images import ImageFolderDataset
+
         if folder_layout(root) == "flat":
             if not train:
                 raise DataNotFoundError(

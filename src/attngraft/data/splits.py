@@ -1,70 +1,13 @@
-"""Seeded train/val splits of an official training set, and subsets with their own transform."""
+"""Seeded train/val splits of an official training set, and stratified splits of a folder of class folders.
+
+Torch-free: the permutations are :class:`attngraft.data.shuffle.SeededShuffler`'s, equal to ``torch.randperm``'s.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-import torch
-from torch.utils.data import Dataset, get_worker_info
-
-# Transformed items kept in memory, by (source, transform): shared by every subset (and data module) of this
-# process that reads the same source through the same deterministic transform. At most MEMO_SOURCES sources are
-# kept (the newest), and a source is kept only if all its items would fit in MEMO_BYTES.
-MEMO_SOURCES = 2
-MEMO_BYTES = 1 << 30
-_memos: dict[str, dict[int, tuple[torch.Tensor, int]] | None] = {}
-
-
-class TransformedSubset(Dataset[tuple[torch.Tensor, int]]):
-    """The items of ``dataset`` at ``indices``, with ``transform`` applied to each image.
-
-    Args:
-        dataset: The source, indexed by the original item index.
-        indices: Which of its items, in order.
-        transform: Applied to each image.
-        memo_key: When given (only for a deterministic transform), transformed items are kept in memory under this
-            key and reused by every subset with the same key: the source and the transform must identify them.
-    """
-
-    def __init__(
-        self,
-        dataset: Dataset[Any],
-        indices: Sequence[int],
-        transform: Callable[[Any], Any],
-        memo_key: str | None = None,
-    ) -> None:
-        self.dataset = dataset
-        self.indices = list(indices)
-        self.transform = transform
-        self.memo_key = memo_key
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        original = self.indices[index]
-        memo = self._memo()
-        if memo is not None and original in memo:
-            return memo[original]
-        image, label = self.dataset[original]
-        item = (self.transform(image), int(label))
-        if memo is not None:
-            memo[original] = item
-            if len(memo) == 1 and item[0].nbytes * len(self.dataset) > MEMO_BYTES:  # type: ignore[arg-type]
-                _memos[str(self.memo_key)] = None  # the whole source would not fit: keep nothing of it
-        return item
-
-    def _memo(self) -> dict[int, tuple[torch.Tensor, int]] | None:
-        # Only in the main process: a loader process would fill a private copy of the whole source (the sampler
-        # sends it different items every epoch) that no other data module could use.
-        if self.memo_key is None or get_worker_info() is not None:
-            return None
-        if self.memo_key not in _memos:
-            while len(_memos) >= MEMO_SOURCES:
-                _memos.pop(next(iter(_memos)))  # the oldest
-            _memos[self.memo_key] = {}
-        return _memos[self.memo_key]
+from attngraft.data.shuffle import SeededShuffler, seeded_permutation
 
 
 def split_indices(num_items: int, val_size: int | float, seed: int) -> tuple[list[int], list[int]]:
@@ -81,7 +24,7 @@ def split_indices(num_items: int, val_size: int | float, seed: int) -> tuple[lis
         val_size = round(val_size * num_items)
     if not 0 <= val_size < num_items:
         raise ValueError(f"val_size must be in [0, {num_items}) for a training set of {num_items}, got {val_size}")
-    order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed)).tolist()
+    order = seeded_permutation(num_items, seed)
     return order[val_size:], order[:val_size]
 
 
@@ -131,20 +74,20 @@ def stratified_split(
         asked = ", ".join(f"{split} {count}" for split, count in totals.items())
         raise ValueError(f"{where}: {asked} of {len(labels)} images leave none for training")
     counts = {split: _apportion(total, [len(members[label]) for label in classes]) for split, total in totals.items()}
-    generator = torch.Generator().manual_seed(seed)
+    shuffler = SeededShuffler(seed)
     chosen: dict[str, list[int]] = {split: [] for split in ("train", *sizes)}
     for position, label in enumerate(classes):
         items = members[label]
         wanted = _fit_class(
             {split: counts[split][position] for split in sizes}, len(items), where, _name(label, class_names)
         )
-        order = torch.randperm(len(items), generator=generator).tolist()
+        order = shuffler.permutation(len(items))
         start = 0
         for split, count in wanted.items():
             chosen[split].extend(items[i] for i in order[start : start + count])
             start += count
         chosen["train"].extend(items[i] for i in order[start:])
-    return {split: _shuffled(indices, generator) for split, indices in chosen.items()}
+    return {split: _shuffled(indices, shuffler) for split, indices in chosen.items()}
 
 
 def _apportion(total: int, class_sizes: list[int]) -> list[int]:
@@ -186,5 +129,5 @@ def _name(label: int, class_names: Sequence[str]) -> str:
     return class_names[label] if label < len(class_names) else str(label)
 
 
-def _shuffled(indices: list[int], generator: torch.Generator) -> list[int]:
-    return [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+def _shuffled(indices: list[int], shuffler: SeededShuffler) -> list[int]:
+    return [indices[i] for i in shuffler.permutation(len(indices))]

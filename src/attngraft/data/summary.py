@@ -1,4 +1,8 @@
-"""A dataset's vital statistics, as printed by ``attngraft data``."""
+"""A dataset's vital statistics, as printed by ``attngraft data``.
+
+In-memory datasets (MNIST family, CIFAR) are read and measured with numpy alone, so describing them does not import
+torch; image folders are measured through the transforms (torch), on a sample of their images.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from attngraft.data.datasets import SplitPart, get_dataset_spec, locate_dataset, split_dataset
-from attngraft.data.transforms import build_transform
 
 SPLITS = ("train", "val", "test")
 
@@ -57,19 +59,27 @@ class _Pixels:
 
 
 def _in_memory_pixels(data: Any) -> _Pixels:
-    """Statistics of every image of an in-memory uint8 array (MNIST, CIFAR)."""
+    """Statistics of every image of an in-memory uint8 array (MNIST, CIFAR), exact, from a histogram per channel."""
     array = np.asarray(data)
     array = array[..., None] if array.ndim == 3 else array  # (N, H, W, C)
-    pixels = array.astype(np.float64) / 255.0
-    flat = pixels.reshape(-1, pixels.shape[-1])  # (N*H*W, C)
     count, height, width, channels = array.shape
-    return _Pixels(
-        Counter({(channels, height, width): count}), tuple(flat.mean(axis=0).tolist()), tuple(flat.std(axis=0).tolist())
-    )
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    means, stds = [], []
+    for channel in range(channels):
+        histogram = np.bincount(array[..., channel].ravel(), minlength=256).astype(np.float64)  # (256,)
+        weights = histogram / histogram.sum()
+        mean = float(weights @ levels)
+        means.append(mean)
+        stds.append(float(np.sqrt(weights @ (levels - mean) ** 2)))
+    return _Pixels(Counter({(channels, height, width): count}), tuple(means), tuple(stds))
 
 
 def _file_pixels(dataset: Any, indices: list[int], channels: int, max_images: int) -> _Pixels:
     """Statistics of up to ``max_images`` images spread evenly over ``indices``, each converted to ``channels``."""
+    import torch
+
+    from attngraft.data.transforms import build_transform
+
     to_tensor = build_transform((0.0,), (1.0,), channels=channels, source_channels=None, normalize=False)
     picks = np.unique(np.linspace(0, len(indices) - 1, num=min(len(indices), max_images)).round().astype(int))
     shapes: Counter[tuple[int, int, int]] = Counter()
@@ -107,7 +117,7 @@ def _measure(dataset: Any, max_images: int, channels: int, indices: list[int] | 
 
 
 def _class_counts(part: SplitPart, num_classes: int) -> list[int]:
-    targets = np.asarray(part.dataset.targets)  # type: ignore[attr-defined]
+    targets = np.asarray(part.dataset.targets)
     counts = Counter(targets[part.indices].tolist())
     return [counts.get(label, 0) for label in range(num_classes)]
 
@@ -129,8 +139,10 @@ def summarize(
     """
     spec = get_dataset_spec(name)
     located = locate_dataset(name, data_dir=data_dir, download=download)
-    parts = split_dataset(name, SPLITS, data_dir=data_dir, val_size=val_size, test_size=test_size, seed=seed)
-    classes = list(parts["train"].dataset.classes)  # type: ignore[attr-defined]
+    parts = split_dataset(
+        name, SPLITS, data_dir=data_dir, val_size=val_size, test_size=test_size, seed=seed, in_memory=True
+    )
+    classes = list(parts["train"].dataset.classes)
     train = parts["train"]
     pixels = _measure(train.dataset, max_images, spec.channels, sorted(train.indices))
     return DatasetSummary(

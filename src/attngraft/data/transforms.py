@@ -10,10 +10,9 @@ from torch import nn
 from torchvision.transforms import v2
 from typing_extensions import override
 
+from attngraft.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from attngraft.errors import ConfigError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 Normalization = Literal["auto", "dataset", "imagenet", "none"]
 NORMALIZATIONS: tuple[str, ...] = ("auto", "dataset", "imagenet", "none")
 
