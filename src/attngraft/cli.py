@@ -462,13 +462,21 @@ def _run_training(command: str, args: Sequence[str]) -> int:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         package_logger.addHandler(handler)
     package_logger.setLevel(logging.INFO)
-    from attngraft.train.cli import run_lightning
+    from attngraft._help_cache import cached_help, is_plain_help
 
+    if is_plain_help(args):
+        return cached_help(command, args, lambda: _lightning(command, args))
     try:
-        return run_lightning(command, args)
+        return _lightning(command, args)
     except AttngraftError as error:
         print(f"attngraft {command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def _lightning(command: str, args: Sequence[str]) -> int:
+    from attngraft.train.cli import run_lightning
+
+    return run_lightning(command, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,9 @@ def test_quick_run_times_each_command_as_a_process() -> None:
     for row in report["rows"]:
         assert 0 < row["min_s"] <= row["median_s"]
         assert row["median_cpu_s"] > 0
-        assert row["heavy_imports"] == []
+        assert row["heavy_imports"] == row["first_heavy_imports"] == []
+        assert row["first_s"] > 0
+        assert row["first_cpu_s"] > 0
 
 
 def test_heavy_imports_are_read_from_an_importtime_log() -> None:
