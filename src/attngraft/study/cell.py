@@ -8,7 +8,6 @@ row). A run without ``result.json`` did not finish; ``--resume`` runs it again.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import itertools
 import json
 import logging
@@ -33,6 +32,7 @@ from attngraft.errors import AttngraftError, ConfigError
 from attngraft.grafting.weights import save_weights
 from attngraft.study.config import Run
 from attngraft.study.measure import cpu_latency, model_costs
+from attngraft.study.objects import AUGMENTATION, CALLBACK, build_objects
 from attngraft.train.cache import FeatureCache, FeatureDataset
 from attngraft.train.checkpoint import rebuild_network
 from attngraft.train.module import ImageClassifier, class_logits
@@ -296,27 +296,17 @@ def _trainer(run: Run, directory: Path, *callbacks: L.Callback) -> L.Trainer:
         **run.cell.trainer,
         "max_epochs": run.cell.epochs,
     }
-    with _config_errors(f"cell {run.cell.name}.trainer"):
+    where = f"cell {run.cell.name}.trainer"
+    options["callbacks"] = [
+        *callbacks,
+        *build_objects(run.cell.trainer.get("callbacks"), f"{where}.callbacks", CALLBACK),
+    ]
+    with _config_errors(where):
         return create_trainer(**options)
 
 
 def _data_arguments(data: Mapping[str, Any], where: str) -> dict[str, Any]:
     """The data module's arguments, with ``train_augment`` entries (``{class_path, init_args}``) built."""
     arguments = dict(data)
-    augment = arguments.get("train_augment") or []
-    if not isinstance(augment, list):
-        raise ConfigError(f"{where}.train_augment: expected a list of {{class_path, init_args}}, got {augment!r}")
-    arguments["train_augment"] = [_instantiate(entry, f"{where}.train_augment[{i}]") for i, entry in enumerate(augment)]
+    arguments["train_augment"] = build_objects(arguments.get("train_augment"), f"{where}.train_augment", AUGMENTATION)
     return arguments
-
-
-def _instantiate(entry: object, where: str) -> torch.nn.Module:
-    """Builds ``{class_path: module.Class, init_args: {...}}``, as in LightningCLI configs."""
-    if not isinstance(entry, Mapping) or not isinstance(entry.get("class_path"), str):
-        raise ConfigError(f"{where}: expected {{class_path: ..., init_args: {{...}}}}, got {entry!r}")
-    module_name, _, class_name = entry["class_path"].rpartition(".")
-    try:
-        factory = getattr(importlib.import_module(module_name), class_name)
-        return factory(**(entry.get("init_args") or {}))
-    except (ImportError, AttributeError, ValueError, TypeError) as error:
-        raise ConfigError(f"{where}: cannot build {entry['class_path']}: {error}") from None

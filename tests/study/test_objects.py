@@ -1,0 +1,97 @@
+"""Study files name only classes of the expected kind: nothing else is imported or called."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import yaml
+from torchvision.transforms import v2
+
+from attngraft.cli import main
+from attngraft.errors import ConfigError
+from attngraft.study.objects import AUGMENTATION, CALLBACK, build_object, build_objects
+
+from .conftest import tiny_study
+
+
+def shell(marker: Path) -> dict:
+    return {"class_path": "os.system", "init_args": {"command": f"touch {marker}"}}
+
+
+def test_allowed_classes_are_built_with_their_arguments() -> None:
+    crop = build_object(
+        {"class_path": "torchvision.transforms.v2.RandomCrop", "init_args": {"size": 8}}, "x", AUGMENTATION
+    )
+    assert isinstance(crop, v2.RandomCrop)
+    assert crop.size == (8, 8)
+    stop = build_object(
+        {"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {"monitor": "val_acc"}}, "x", CALLBACK
+    )
+    assert isinstance(stop, L.Callback)
+    assert build_objects(None, "x", CALLBACK) == []
+
+
+@pytest.mark.parametrize("kind", [AUGMENTATION, CALLBACK], ids=["augmentation", "callback"])
+@pytest.mark.parametrize(
+    "class_path",
+    [
+        "os.system",  # a function outside the allowed packages: refused before importing anything
+        "subprocess.Popen",
+        "builtins.eval",
+        "antigravity.X",  # importing it would open a browser: never imported
+        "attngraft.cli.main",  # inside an allowed package, but a function: imported, never called
+        "torchvision.transforms.v2.functional.to_image",
+        "system",
+    ],
+)
+def test_anything_else_is_refused_without_side_effect(class_path: str, kind, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    entry = {"class_path": class_path, "init_args": {"command": f"touch {marker}"}}
+    with pytest.raises(ConfigError, match=rf"x.class_path: '{class_path}' is not allowed: {kind.noun}s are"):
+        build_object(entry, "x", kind)
+    assert not marker.exists()
+    assert "antigravity" not in sys.modules
+
+
+def test_the_wrong_kind_is_refused() -> None:
+    with pytest.raises(ConfigError, match="callbacks are lightning.pytorch.callbacks.callback.Callback subclasses"):
+        build_object({"class_path": "attngraft.train.callbacks.AtomicCheckpointIO"}, "x", CALLBACK)
+    with pytest.raises(ConfigError, match="augmentations are torch.nn.modules.module.Module subclasses"):
+        build_object({"class_path": "lightning.pytorch.callbacks.EarlyStopping"}, "x", AUGMENTATION)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("RandomCrop", "x: expected {class_path: ..., init_args: {...}}, got 'RandomCrop'"),
+        ({"class_path": "torchvision.transforms.v2.RandomCrop", "args": {}}, "x: unknown key 'args'"),
+        ({"class_path": "torchvision.transforms.v2.RandomCrop", "init_args": [8]}, "x.init_args: expected a mapping"),
+        ({"class_path": "torchvision.transforms.v2.RandomCrop", "init_args": {"side": 8}}, "x: cannot build"),
+        ({"class_path": "torchvision.transforms.v3.RandomCrop"}, "x.class_path: cannot import"),
+    ],
+)
+def test_malformed_entries_are_named(entry, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}").replace("[", r"\[")):
+        build_object(entry, "x", AUGMENTATION)
+
+
+@pytest.mark.parametrize("key", ["train_augment", "callbacks"])
+def test_a_study_naming_os_system_stops_with_one_line_and_runs_nothing(
+    key: str, tmp_path: Path, fashion_mnist_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "ran"
+    study = tiny_study(fashion_mnist_dir)
+    if key == "train_augment":
+        study["data"]["train_augment"] = [shell(marker)]
+    else:
+        study["trainer"]["callbacks"] = [shell(marker)]
+    path = tmp_path / "evil.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert main(["study", str(path), "--out", str(tmp_path / "out"), "--no-progress", "--cells", "base"]) == 2
+    error = capsys.readouterr().err
+    assert "'os.system' is not allowed" in error
+    assert "Traceback" not in error
+    assert not marker.exists()
