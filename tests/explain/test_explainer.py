@@ -108,7 +108,7 @@ def test_checkpoints_that_are_not_attngraft_runs_are_refused(tmp_path: Path, cap
         load_network(weights)
     code = tmp_path / "code.ckpt"
     torch.save({"hyper_parameters": {}, "callback": ConfigError("x")}, code)  # an arbitrary pickled object
-    with pytest.raises(WeightsError, match="refused to load"):
+    with pytest.raises(WeightsError, match="refused to load it"):
         load_network(code)
 
 

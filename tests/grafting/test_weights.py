@@ -55,7 +55,7 @@ def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path: Path) -> None
     path = tmp_path / "evil.pt"
     with path.open("wb") as handle:
         pickle.dump({"conv1.weight": _RunsCode(marker)}, handle, protocol=2)
-    with pytest.raises(WeightsError, match=r"refused to load .*evil.pt"):
+    with pytest.raises(WeightsError, match=r"evil.pt: refused to load it"):
         read_state_dict(path)
     assert not marker.exists()
 

@@ -107,32 +107,40 @@ def test_lr_find_saves_the_plot_and_suggests_a_rate(write_recipe, tmp_path: Path
     assert "suggested lr (steepest descent)" in capsys.readouterr().out
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(write_recipe, tmp_path: Path) -> None:
-    """SIGKILL mid-epoch after a checkpoint at step 4; ``--ckpt_path last`` ends where an unbroken run ends."""
-    checkpoint = ["--last_checkpoint.every_n_train_steps", "2"]
-    path = write_recipe("resume", trainer={"max_epochs": 2})  # 8 steps per epoch
-    reference = _run("fit", "--config", str(path), "--run_name", "reference", *checkpoint, cwd=tmp_path)
+@pytest.mark.parametrize("workers", [0, 2], ids=["main-process", "two-loader-processes"])
+def test_the_shipped_recipe_killed_mid_epoch_resumes_exactly(workers: int, tmp_path: Path, fashion_mnist_dir) -> None:
+    """configs/resnet18_fashion_mnist.yaml (random crop + flip), SIGKILLed after step 5, its last checkpoint at step 4:
+    ``--ckpt_path last`` ends with the uninterrupted run's weights, and its metrics.csv is the uninterrupted one's."""
+    recipe = [
+        "--config",
+        "configs/resnet18_fashion_mnist.yaml",  # the packaged recipe: no such file in tmp_path
+        *("--data.data_dir", str(fashion_mnist_dir), "--data.num_workers", str(workers)),
+        *("--data.train_size", "192", "--data.val_size", "64", "--data.batch_size", "32"),  # 6 steps per epoch
+        *("--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false"),
+        *("--last_checkpoint.every_n_train_steps", "2"),
+    ]
+    reference = _run("fit", *recipe, "--run_name", "reference", cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     killer = {"class_path": "tests.train.helpers.KillAtStep", "init_args": {"step": 5}}
-    killed = _run("fit", "--config", str(path), *checkpoint, f"--trainer.callbacks+={json.dumps(killer)}", cwd=tmp_path)
+    killed = _run("fit", *recipe, f"--trainer.callbacks+={json.dumps(killer)}", cwd=tmp_path)
     assert killed.returncode == -9, killed.stderr[-3000:]  # killed mid-epoch 0, after the step-4 checkpoint
-    run = tmp_path / "runs" / "resume" / "version_0"
-    assert [path.name for path in (run / "checkpoints").iterdir()] == ["last.ckpt"]
+    run = tmp_path / "runs" / "resnet18_fashion_mnist" / "version_0"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert len(_metrics(run)) > 4  # rows up to step 5 were written before the kill
 
-    resumed = _run("fit", "--config", str(path), *checkpoint, "--ckpt_path", "last", cwd=tmp_path)
+    resumed = _run("fit", *recipe, "--ckpt_path", "last", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "not resumable" not in resumed.stderr
+    assert "Experiment logs directory" not in resumed.stderr  # Lightning would have deleted metrics.csv
     final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    expected = torch.load(
-        tmp_path / "runs" / "reference" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True
-    )
-    assert final["global_step"] == expected["global_step"] == 16
+    expected_run = tmp_path / "runs" / "reference" / "version_0"
+    expected = torch.load(expected_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == expected["global_step"] == 12
+    assert len(expected["state_dict"]) == 122
     for key, value in expected["state_dict"].items():
         torch.testing.assert_close(final["state_dict"][key], value, rtol=0, atol=0, msg=key)
-    assert _final(run, "val_acc") == _final(tmp_path / "runs" / "reference" / "version_0", "val_acc")
-    assert _final(run, "val_loss") == _final(tmp_path / "runs" / "reference" / "version_0", "val_loss")
+    assert (run / "metrics.csv").read_text() == (expected_run / "metrics.csv").read_text()
 
 
 def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_reduces_metrics(
@@ -188,3 +196,46 @@ def test_auto_normalisation_follows_the_backbone_weights(
     cli = AttngraftCLI(["--config", str(recipe), "--trainer.default_root_dir", str(tmp_path / "runs")], run=False)
     assert cli.datamodule.normalization == expected
     assert cli.config["data"]["normalize"] == expected  # what the saved config.yaml records
+
+
+def bad_checkpoints(directory: Path) -> dict[str, tuple[Path, str]]:
+    """Files that are not checkpoints, each with the message users get for it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    empty, truncated, random_bytes = directory / "empty.ckpt", directory / "truncated.ckpt", directory / "random.ckpt"
+    weights, code = directory / "weights.ckpt", directory / "code.ckpt"
+    empty.touch()
+    torch.save({"state_dict": {"w": torch.ones(64)}, "global_step": 3}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    random_bytes.write_bytes(bytes(range(256)) * 4)
+    torch.save({"w": torch.ones(2)}, weights)
+    torch.save({"state_dict": {}, "global_step": 0, "hook": subprocess.Popen}, code)
+    return {
+        "missing": (directory / "nope.ckpt", "nope.ckpt: no such file"),
+        "directory": (directory, "a directory, not a checkpoint file"),
+        "empty": (empty, "empty.ckpt: an empty file"),
+        "truncated": (truncated, "truncated.ckpt is corrupt or not a torch file"),
+        "random bytes": (random_bytes, "random.ckpt is corrupt or not a torch file"),
+        "weights only": (weights, "weights.ckpt: not a Lightning checkpoint (no state_dict and global_step"),
+        "pickled code": (code, "it holds pickled objects other than tensors ("),
+    }
+
+
+@pytest.mark.parametrize("command", ["fit", "test"])
+@pytest.mark.parametrize(
+    "case", ["missing", "directory", "empty", "truncated", "random bytes", "weights only", "pickled code"]
+)
+def test_a_bad_ckpt_path_is_one_clear_line(command, case, write_recipe, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    path, message = bad_checkpoints(tmp_path / "files")[case]
+    assert main([command, "--config", str(write_recipe()), "--ckpt_path", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert f"attngraft {command}: error: --ckpt_path {path}" in error
+    assert message in error
+    assert "Traceback" not in error
+    assert not (tmp_path / "runs" / "tiny" / "version_0" / "checkpoints").exists()
+
+
+def test_ckpt_path_best_is_explained(write_recipe, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["test", "--config", str(write_recipe()), "--ckpt_path", "best"]) == 2
+    assert "give 'last' (the run's newest last.ckpt) or a .ckpt file" in capsys.readouterr().err

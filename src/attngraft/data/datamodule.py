@@ -7,14 +7,16 @@ import warnings
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import RandomSampler
 
 from attngraft.data.datasets import SplitPart, get_dataset_spec, locate_dataset, split_dataset
+from attngraft.data.sampling import SeededRandomSampler
 from attngraft.data.subset import TransformedSubset
 from attngraft.data.transforms import Normalization, build_transform, normalization_statistics, resolve_normalization
 from attngraft.errors import ConfigError, check_values
@@ -171,11 +173,13 @@ class ImageDataModule(L.LightningDataModule):
         for split, part in parts.items():
             training = split == "train"
             key = self._memo_key(part)
+            augmented = training and bool(self.train_augment)
             self.splits[split] = TransformedSubset(
                 part.dataset,
                 part.indices[: self.train_size] if training else part.indices,
                 self.train_transform if training else self.eval_transform,
-                None if training and self.train_augment else key,  # random augmentations are never kept
+                None if augmented else key,  # random augmentations are never kept
+                random_transform=augmented,
             )
             self.classes = list(part.dataset.classes)
 
@@ -218,7 +222,7 @@ class ImageDataModule(L.LightningDataModule):
         # Under DDP, Lightning's DistributedSampler shuffles by (seed, epoch), which a resumed loader fast-forwards
         # exactly; it would wrap a custom sampler instead, without saving the wrapper's position.
         distributed = trainer is not None and trainer.world_size > 1
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle else None
+        sampler = self._sampler(dataset, seed) if shuffle else None
         return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -229,6 +233,14 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(seed),
         )
+
+    @staticmethod
+    def _sampler(dataset: Dataset[Any], seed: int) -> Sampler[Any]:
+        """A resumable shuffle; items of a random transform also get their augmentation seeds (exact resumption)."""
+        generator = torch.Generator().manual_seed(seed)
+        if getattr(dataset, "random_transform", False):
+            return SeededRandomSampler(dataset, generator)  # type: ignore[arg-type]
+        return RandomSampler(dataset, generator=generator)
 
     def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
         """Shuffled training batches."""

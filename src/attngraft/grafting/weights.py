@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,23 +54,36 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return _as_state_dict(load_torch_file(path, "weights file"), path)
 
 
-def load_torch_file(path: Path, kind: str) -> object:
+def load_torch_file(path: Path, kind: str, *, mmap: bool = False) -> object:
     """``torch.load(weights_only=True)`` of ``path`` on the CPU; nothing in the file runs as code.
+
+    ``mmap=True`` maps the tensors' storage instead of reading it (a quick look at a large checkpoint).
 
     Raises:
         WeightsError: For pickled objects other than tensors and plain values (refused), or a corrupt file; the
             message names the file as ``kind`` (e.g. "weights file", "checkpoint").
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
+        message = " ".join(str(error).split())
+        blocked = re.search(r"GLOBAL ([\w.]+)", message)
+        if blocked is None:  # not a pickle of torch's, or not a pickle at all
+            raise WeightsError(f"{kind} {path} is corrupt or not a torch file (it is no torch.save archive)") from None
         raise WeightsError(
-            f"refused to load {path}: it holds pickled objects other than tensors, and loading them could run code "
-            f"(torch.load weights_only=True said: {str(error).splitlines()[0]}). Convert it to .safetensors "
-            "from a trusted environment."
+            f"{kind} {path}: refused to load it: it holds pickled objects other than tensors ({blocked.group(1)}), "
+            "and loading them could run code. Convert it to .safetensors from a trusted environment."
         ) from None
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError, TypeError) as error:
-        raise WeightsError(f"{kind} {path} is corrupt or not a torch file: {error}") from None
+    except RuntimeError as error:
+        if mmap and "mmap can only be used" in str(error):  # the legacy (pre-zip) format cannot be mapped
+            return load_torch_file(path, kind)
+        raise WeightsError(f"{kind} {path} is corrupt or not a torch file: {_first_line(error)}") from None
+    except (EOFError, OSError, KeyError, ValueError, TypeError) as error:
+        raise WeightsError(f"{kind} {path} is corrupt or not a torch file: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _as_state_dict(content: object, path: Path) -> dict[str, torch.Tensor]:

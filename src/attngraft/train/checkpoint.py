@@ -8,6 +8,7 @@ a zoo name, a graft spec, ...) with every weights file it names switched off —
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,40 @@ def offline_description(description: NetworkConfig) -> NetworkConfig:
     if isinstance(description, Mapping) and "weights" in description:
         description = {**description, "weights": None}
     return description
+
+
+def check_lightning_checkpoint(path: str | Path, option: str = "--ckpt_path") -> Mapping[str, Any]:
+    """Reads a Lightning checkpoint safely, before Lightning does, so that every bad file gets a clear error.
+
+    Args:
+        path: The checkpoint file.
+        option: How the user named it, for errors.
+
+    Returns:
+        Its content, tensors memory-mapped (nothing is read into memory until used).
+
+    Raises:
+        WeightsNotFoundError: If nothing is at ``path``.
+        WeightsError: For a directory, an unreadable or empty file, a truncated or corrupt one, one holding pickled
+            code, or a torch file that is not a Lightning checkpoint.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise WeightsNotFoundError(f"{option} {path}: no such file")
+    if path.is_dir():
+        raise WeightsError(f"{option} {path}: a directory, not a checkpoint file (e.g. .../checkpoints/last.ckpt)")
+    if not os.access(path, os.R_OK):
+        raise WeightsError(f"{option} {path}: not readable (permission denied)")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{option} {path}: an empty file, not a checkpoint")
+    content = load_torch_file(path, option, mmap=True)
+    if not isinstance(content, Mapping) or not {"state_dict", "global_step"} <= set(content):
+        found = sorted(map(str, content))[:6] if isinstance(content, Mapping) else type(content).__name__
+        raise WeightsError(
+            f"{option} {path}: not a Lightning checkpoint (no state_dict and global_step; found {found}); "
+            "expected a .ckpt written by attngraft fit"
+        )
+    return content
 
 
 def _read(path: Path) -> Mapping[str, Any]:

@@ -31,6 +31,7 @@ from attngraft.errors import ConfigError
 from attngraft.recipes import recipe_arguments
 from attngraft.train.cache import FeatureCache
 from attngraft.train.callbacks import PredictionWriter
+from attngraft.train.checkpoint import check_lightning_checkpoint
 from attngraft.train.module import ImageClassifier
 from attngraft.train.network import starts_from_imagenet
 from attngraft.train.trainer import RUNS_DIR, create_trainer, run_loggers
@@ -109,31 +110,56 @@ class AttngraftCLI(LightningCLI):
 
     @override
     def before_instantiate_classes(self) -> None:
-        """Resolves ``data.normalize: auto`` for the backbone, and ``--ckpt_path last`` for every command.
+        """Resolves ``data.normalize: auto`` for the backbone.
 
         The resolved normalisation is what the saved ``config.yaml`` records, so explaining the run later
         normalises its images the same way.
         """
-        self._resumed_version: int | None = None
         settings = self._settings()
         if settings.get("data.normalize") == "auto":
             imagenet = starts_from_imagenet(settings.get("model.network"))
             settings["data.normalize"] = resolve_normalization("auto", imagenet_weights=imagenet)
-        if settings.get("ckpt_path") != "last":
+        if not hasattr(self, "_resumed_version"):  # a Lightning without _parse_ckpt_path
+            self._resolve_checkpoint(settings)
+
+    @override
+    def _parse_ckpt_path(self) -> None:
+        """Checks ``--ckpt_path`` (and resolves ``last``) before LightningCLI reads the file's hyperparameters."""
+        subcommand = self.config.get("subcommand")
+        self._resolve_checkpoint(self.config[subcommand] if subcommand else self.config)
+        super()._parse_ckpt_path()
+
+    def _resolve_checkpoint(self, settings: Any) -> None:
+        """``--ckpt_path last`` becomes the run's newest ``last.ckpt``; any file is checked (a clear error if bad)."""
+        self._resumed_version: int | None = None
+        self._resumed_step: int | None = None
+        given = settings.get("ckpt_path")
+        if given is None or "://" in str(given):  # remote checkpoints: Lightning's own reader
             return
-        root = Path(settings.get("trainer", {}).get("default_root_dir") or RUNS_DIR) / _run_name(settings)
-        checkpoint = latest_checkpoint(root)
-        if checkpoint is None:
-            raise ConfigError(f"--ckpt_path last: no checkpoint under {root}/version_*/checkpoints/")
-        settings["ckpt_path"] = str(checkpoint)
-        if self.subcommand == "fit":  # continue the run's directory: its logs and checkpoints
-            self._resumed_version = int(checkpoint.parent.parent.name.removeprefix("version_"))
+        if given == "last":
+            root = Path(settings.get("trainer", {}).get("default_root_dir") or RUNS_DIR) / _run_name(settings)
+            checkpoint = latest_checkpoint(root)
+            if checkpoint is None:
+                raise ConfigError(f"--ckpt_path last: no checkpoint under {root}/version_*/checkpoints/")
+            settings["ckpt_path"] = str(checkpoint)
+            if self._command == "fit":  # continue the run's directory: its logs and checkpoints
+                self._resumed_version = int(checkpoint.parent.parent.name.removeprefix("version_"))
+        elif given in ("best", "hpc", "registry"):
+            raise ConfigError(
+                f"--ckpt_path {given}: names a checkpoint of a fit in the same process; give 'last' (the run's newest "
+                "last.ckpt) or a .ckpt file"
+            )
+        content = check_lightning_checkpoint(settings["ckpt_path"])
+        if self._resumed_version is not None:  # the run's metrics.csv keeps its rows from before the checkpoint
+            self._resumed_step = int(content["global_step"])
 
     @override
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if config.get("logger") in (None, True):
             root = config.get("default_root_dir") or RUNS_DIR
-            config["logger"] = run_loggers(root, _run_name(self._settings()), self._resumed_version)
+            config["logger"] = run_loggers(
+                root, _run_name(self._settings()), self._resumed_version, resumed_step=self._resumed_step
+            )
         # The parser describes Trainer's arguments; the factory takes the same ones and adds attngraft's defaults.
         self.trainer_class = create_trainer
         return super()._instantiate_trainer(config, callbacks)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import GradientAccumulationScheduler
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 from typing_extensions import override
@@ -40,6 +40,7 @@ from attngraft.train.optim import (
 logger = logging.getLogger(__name__)
 DISTILLATION = ("hard", "soft")
 CHECKPOINT_KEY = "attngraft"  # a checkpoint's entry with what attngraft adds (the trained network's class)
+EPOCH_METRICS_KEY = "attngraft_epoch_metrics"  # the running state of the epoch's training metrics
 UNDESCRIBED_NETWORK = (
     "model.network is missing: this classifier was trained on a network module that attngraft cannot rebuild "
     "from a description (not made by attngraft.build or create_model); pass the same module again, e.g. "
@@ -140,6 +141,9 @@ class ImageClassifier(L.LightningModule):
         self.metrics = nn.ModuleDict(
             {f"{stage}_metrics": _accuracy(num_classes, stage) for stage in ("train", "val", "test")}
         )
+        # The epoch's mean training loss as a metric, so its running state can be checkpointed mid-epoch.
+        self.metrics["train_loss"] = MeanMetric()
+        self._pending_epoch_metrics: dict[str, Any] | None = None
         if self.teacher is not None and hasattr(self.network, "distilled_training"):
             setattr(self.network, "distilled_training", True)  # noqa: B010  # DeiT: (class, distillation) logits in training
         # A compiled forward function, not a module: the compiled wrapper must not add its own state-dict keys.
@@ -158,12 +162,45 @@ class ImageClassifier(L.LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Records which network class was trained, so a loader can say what to pass when it has no description."""
+        """Records the trained network's class and the running state of the epoch's training metrics.
+
+        The class lets a loader say what to pass when the network has no description; the metric states let a run
+        resumed mid-epoch report the whole epoch.
+        """
         network = self.network
         checkpoint[CHECKPOINT_KEY] = {
             "network_type": f"{type(network).__module__}.{type(network).__qualname__}",
             "described": self.hparams.get("network") is not None,
         }
+        checkpoint[EPOCH_METRICS_KEY] = {
+            "epoch": self.current_epoch,
+            "metrics": {name: _metric_state(metric) for name, metric in self._epoch_metrics().items()},
+        }
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keeps the saved training-metric states until the first training batch (see :meth:`on_train_batch_start`)."""
+        self._pending_epoch_metrics = checkpoint.get(EPOCH_METRICS_KEY)
+
+    @override
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """After a mid-epoch resume, puts back the epoch's training-metric states as they were when saved.
+
+        Only when training continues the epoch the checkpoint was saved in (a checkpoint saved at an epoch's end
+        starts the next epoch afresh) and in a single process (under DDP each process holds its own states).
+        """
+        saved, self._pending_epoch_metrics = self._pending_epoch_metrics, None
+        if saved is None or saved["epoch"] != self.current_epoch or self.trainer.world_size > 1:
+            return
+        metrics = self._epoch_metrics()
+        for name, state in saved["metrics"].items():
+            if name in metrics and state is not None:
+                _load_metric_state(metrics[name], state)
+
+    def _epoch_metrics(self) -> dict[str, Metric]:
+        """The training metrics that accumulate over an epoch, by name."""
+        collection = cast(MetricCollection, self.metrics["train_metrics"])
+        return {**dict(collection.items(keep_base=True)), "train_loss": cast(Metric, self.metrics["train_loss"])}
 
     # --- frozen-feature caching -------------------------------------------------------------------------------
 
@@ -216,7 +253,10 @@ class ImageClassifier(L.LightningModule):
         loss = self._loss(outputs, targets, images)
         if not self._all_finite(loss):
             raise TrainingError(self._non_finite_message(loss, batch_idx))
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(labels))
+        self.log("train_loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(labels))
+        mean_loss = cast(MeanMetric, self.metrics["train_loss"])
+        mean_loss.update(loss.detach(), len(labels))
+        self.log("train_loss_epoch", mean_loss, on_step=False, on_epoch=True, batch_size=len(labels))
         if targets.ndim == 1:
             self._log_accuracy("train", class_logits(outputs), labels)
         return loss
@@ -443,6 +483,24 @@ def _mixing(mixup: float, cutmix: float, num_classes: int) -> Callable[..., Any]
     if not choices:
         return None
     return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+
+
+def _metric_state(metric: Metric) -> dict[str, Any] | None:
+    """A metric's running state as tensors and an int (None when a state is a list: not saved)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in metric.metric_state.items():
+        if not isinstance(value, torch.Tensor):
+            return None
+        tensors[key] = value.detach().cpu()
+    return {"update_count": metric._update_count, "states": tensors}
+
+
+def _load_metric_state(metric: Metric, saved: dict[str, Any]) -> None:
+    for key, value in saved["states"].items():
+        current = getattr(metric, key)
+        setattr(metric, key, value.to(device=current.device, dtype=current.dtype))
+    metric._update_count = int(saved["update_count"])
+    metric._computed = None
 
 
 def _accuracy(num_classes: int, stage: str) -> MetricCollection:

@@ -7,26 +7,90 @@ What every attngraft run gets: TensorBoard and CSV logs in one run directory, th
 
 from __future__ import annotations
 
+import csv
+import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from attngraft._io import atomic_path
 from attngraft.train.callbacks import AtomicCheckpointIO, RandomState
 
 RUNS_DIR = "runs"
+logger = logging.getLogger(__name__)
 
 
-def run_loggers(root: str | Path, name: str = "", version: int | str | None = None) -> list[Any]:
+def run_loggers(
+    root: str | Path, name: str = "", version: int | str | None = None, *, resumed_step: int | None = None
+) -> list[Any]:
     """TensorBoard and CSV loggers writing into one ``root/name/version_<n>`` directory (the next, by default).
 
-    ``name=""`` and ``version=""`` write into ``root`` itself.
+    ``name=""`` and ``version=""`` write into ``root`` itself. ``resumed_step``: the run continues from a checkpoint
+    taken at this global step, and its ``metrics.csv`` keeps the rows logged before that step.
     """
     tensorboard = TensorBoardLogger(root, name=name, version=version, default_hp_metric=False)
-    return [tensorboard, CSVLogger(root, name=name, version=tensorboard.version)]
+    return [tensorboard, RunCSVLogger(root, name=name, version=tensorboard.version, resumed_step=resumed_step)]
+
+
+class RunCSVLogger(CSVLogger):
+    """Lightning's CSV logger, except that a resumed run keeps its earlier rows.
+
+    Lightning's writer deletes an existing ``metrics.csv`` (and warns whenever the directory is not empty, which it
+    always is by then: the run's ``config.yaml`` is written first). Here a run resumed from a checkpoint taken at
+    global step ``resumed_step`` keeps the rows logged before that step, which is what the resumed run would have
+    written itself: the file then reads as one uninterrupted run's. Any other run starts a new file, as Lightning's.
+    """
+
+    def __init__(self, *args: Any, resumed_step: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resumed_step = resumed_step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        """The writer of ``metrics.csv`` and ``hparams.yaml``."""
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(self.log_dir, self.resumed_step)
+        return cast(ExperimentWriter, self._experiment)
+
+
+class _KeepingWriter(ExperimentWriter):
+    def __init__(self, log_dir: str, resumed_step: int | None) -> None:
+        self.resumed_step = resumed_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:  # replaces Lightning's delete-and-warn
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        if self.resumed_step is None:
+            logger.warning("%s: a new run in this directory replaces its metrics.csv", path.parent)
+            path.unlink()
+            return
+        with path.open(newline="") as file:
+            reader = csv.DictReader(file)
+            header = list(reader.fieldnames or [])
+            rows = [row for row in reader if _logged_before(row, self.resumed_step)]
+        self.metrics_keys = header
+        with atomic_path(path) as temporary, temporary.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _logged_before(row: dict[str, str], step: int) -> bool:
+    """Whether a metrics.csv row was logged before global step ``step`` (rows without a step are kept)."""
+    try:
+        return int(row.get("step") or 0) < step
+    except ValueError:
+        return True
 
 
 def create_trainer(
