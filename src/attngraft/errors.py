@@ -7,8 +7,6 @@ into a one-line message and exit code 2. They also derive from the matching buil
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 
 class AttngraftError(Exception):
     """Base class of errors caused by user input rather than by a bug."""
@@ -56,13 +54,3 @@ class ConfigError(AttngraftError, ValueError):
 
 class TrainingError(AttngraftError, RuntimeError):
     """Training that cannot go on, e.g. a non-finite loss; the message says where and what was kept."""
-
-
-def check_values(section: str, checks: Iterable[tuple[str, object, bool, str]]) -> None:
-    """Raises :class:`ConfigError` for the first ``(key, value, valid, expected)`` that is not valid.
-
-    The message names the config key as ``section.key``, e.g. ``model.lr: expected a positive number, got -0.1``.
-    """
-    for key, value, valid, expected in checks:
-        if not valid:
-            raise ConfigError(f"{section}.{key}: expected {expected}, got {value!r}")

@@ -68,8 +68,8 @@ def test_ckpt_path_last_without_a_checkpoint_is_an_error(write_recipe, tmp_path:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        (["--model.lr", "-0.1"], "model.lr: expected a positive number, got -0.1"),
-        (["--data.batch_size", "0"], "data.batch_size: expected a positive integer"),
+        (["--model.lr", "-0.1"], "model.lr -0.1: expected a positive number"),
+        (["--data.batch_size", "0"], "data.batch_size 0: expected a positive integer"),
         (["--model.network", "resnet19"], "unknown model 'resnet19'"),
     ],
 )

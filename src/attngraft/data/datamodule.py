@@ -15,11 +15,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import RandomSampler
 
+from attngraft import validation
 from attngraft.data.datasets import SplitPart, get_dataset_spec, locate_dataset, split_dataset
 from attngraft.data.sampling import SeededRandomSampler
 from attngraft.data.subset import TransformedSubset
 from attngraft.data.transforms import Normalization, build_transform, normalization_statistics, resolve_normalization
-from attngraft.errors import ConfigError, check_values
+from attngraft.errors import ConfigError
 
 # torchdata 0.11 calls a torch API that torch 2.14 deprecates, once per loader iteration; nothing for users to fix.
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
@@ -89,8 +90,8 @@ class ImageDataModule(L.LightningDataModule):
         _check_config(batch_size, num_workers, val_size, test_size, train_size, image_size, channels)
         if image_size is None and self.spec.image_shape is None:
             raise ConfigError(
-                f"data.image_size: expected a positive integer for {dataset}, whose images may have any size "
-                "(e.g. 224 for ImageNet backbones), got None"
+                f"data.image_size null: expected a positive integer for {dataset}, whose images may have any size "
+                "(e.g. 224 for ImageNet backbones)"
             )
         self.normalization = resolve_normalization(normalize)
         self.data_dir = data_dir
@@ -276,19 +277,16 @@ def _check_config(
     channels: int | None,
 ) -> None:
     """Rejects invalid values before any data is read, naming the config key."""
-    checks = [
-        ("batch_size", batch_size, batch_size >= 1, "a positive integer"),
-        ("num_workers", num_workers, num_workers is None or num_workers >= 0, ">= 0 or null"),
-        ("train_size", train_size, train_size is None or train_size >= 1, "a positive integer or null"),
-        ("val_size", val_size, _valid_size(val_size), "a count >= 0, a fraction in (0, 1), or null"),
-        ("test_size", test_size, _valid_size(test_size), "a count >= 0, a fraction in (0, 1), or null"),
-        ("image_size", image_size, image_size is None or image_size >= 1, "a positive integer or null"),
-        ("channels", channels, channels in (None, 1, 3), "1 (grey), 3 (RGB) or null"),
-    ]
-    check_values("data", checks)
+    validation.positive_int(batch_size, "data.batch_size")
+    if num_workers is not None:
+        validation.non_negative_int(num_workers, "data.num_workers")
+    for key, count in (("train_size", train_size), ("image_size", image_size)):
+        if count is not None:
+            validation.positive_int(count, f"data.{key}")
+    for key, size in (("val_size", val_size), ("test_size", test_size)):
+        if size is not None:
+            validation.fraction_or_count(size, f"data.{key}")
+    if channels is not None:
+        validation.choice(channels, "data.channels", (1, 3), words="1 (grey) or 3 (RGB)")
     if isinstance(val_size, float) and isinstance(test_size, float) and val_size + test_size >= 1:
-        raise ConfigError(f"data.val_size + data.test_size: expected a sum below 1, got {val_size} + {test_size}")
-
-
-def _valid_size(size: int | float | None) -> bool:
-    return size is None or (size >= 0 if isinstance(size, int) else 0 < size < 1)
+        raise ConfigError(f"data.val_size + data.test_size {val_size} + {test_size}: expected a sum below 1")

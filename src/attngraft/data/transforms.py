@@ -10,8 +10,8 @@ from torch import nn
 from torchvision.transforms import v2
 from typing_extensions import override
 
+from attngraft import validation
 from attngraft.data.constants import IMAGENET_MEAN, IMAGENET_STD
-from attngraft.errors import ConfigError
 
 Normalization = Literal["auto", "dataset", "imagenet", "none"]
 NORMALIZATIONS: tuple[str, ...] = ("auto", "dataset", "imagenet", "none")
@@ -126,8 +126,7 @@ def resolve_normalization(normalize: bool | str, *, imagenet_weights: bool = Fal
     """
     if isinstance(normalize, bool):
         return "dataset" if normalize else "none"
-    if normalize not in NORMALIZATIONS:
-        raise ConfigError(f"data.normalize: expected one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+    validation.choice(normalize, "data.normalize", NORMALIZATIONS)
     if normalize == "auto":
         return "imagenet" if imagenet_weights else "dataset"
     return normalize

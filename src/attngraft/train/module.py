@@ -22,7 +22,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 from typing_extensions import override
 
-from attngraft.errors import AttngraftError, ConfigError, TrainingError, check_values
+from attngraft import validation
+from attngraft.errors import AttngraftError, ConfigError, TrainingError
 from attngraft.grafting import GraftedModel
 from attngraft.grafting.backbone import classifier_name, evaluating, first_conv_name, forward_until, probe_sample
 from attngraft.grafting.weights import load_weights, read_state_dict
@@ -397,21 +398,22 @@ def _check_config(
     optim: OptimizerConfig, label_smoothing: float, mixup: float, cutmix: float, alpha: float, temperature: float
 ) -> None:
     """Rejects invalid values before anything is built, naming the config key."""
-    checks = [
-        ("optimizer", optim.name, optim.name in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
-        ("schedule", optim.schedule, optim.schedule in SCHEDULES, f"one of {list(SCHEDULES)}"),
-        ("lr", optim.lr, optim.lr > 0, "a positive number"),
-        ("backbone_lr", optim.backbone_lr, optim.backbone_lr is None or optim.backbone_lr >= 0, ">= 0 or null"),
-        ("weight_decay", optim.weight_decay, optim.weight_decay >= 0, ">= 0"),
-        ("momentum", optim.momentum, 0 <= optim.momentum < 1, "in [0, 1)"),
-        ("warmup_epochs", optim.warmup_epochs, optim.warmup_epochs >= 0, ">= 0"),
-        ("label_smoothing", label_smoothing, 0 <= label_smoothing < 1, "in [0, 1)"),
-        ("mixup_alpha", mixup, mixup >= 0, ">= 0"),
-        ("cutmix_alpha", cutmix, cutmix >= 0, ">= 0"),
-        ("distill_alpha", alpha, 0 <= alpha <= 1, "in [0, 1]"),
-        ("distill_temperature", temperature, temperature > 0, "a positive number"),
-    ]
-    check_values("model", checks)
+    validation.choice(optim.name, "model.optimizer", list(OPTIMIZERS))
+    validation.choice(optim.schedule, "model.schedule", list(SCHEDULES))
+    validation.positive_number(optim.lr, "model.lr")
+    if optim.backbone_lr is not None:
+        validation.number(optim.backbone_lr, "model.backbone_lr", minimum=0)
+    for key, value in (
+        ("weight_decay", optim.weight_decay),
+        ("warmup_epochs", optim.warmup_epochs),
+        ("mixup_alpha", mixup),
+        ("cutmix_alpha", cutmix),
+    ):
+        validation.number(value, f"model.{key}", minimum=0)
+    for key, value in (("momentum", optim.momentum), ("label_smoothing", label_smoothing)):
+        validation.number(value, f"model.{key}", minimum=0, below=1)
+    validation.number(alpha, "model.distill_alpha", minimum=0, maximum=1)
+    validation.positive_number(temperature, "model.distill_temperature")
 
 
 def _sizes(network: NetworkArgument, num_classes: int | None, in_chans: int | None) -> tuple[int, int]:
