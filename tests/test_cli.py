@@ -54,7 +54,31 @@ def test_data_list(capsys: pytest.CaptureFixture[str]) -> None:
 def test_user_errors_exit_2_with_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"attngraft: error: {message}")
+    assert err.startswith(f"attngraft {argv[0]}: error: {message}")
+    assert err.count("\n") == 1
+
+
+def test_verbose_shows_the_traceback_of_a_user_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-v", "data", "fashion_mnist"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert err.splitlines()[-1].startswith("attngraft data: error: unknown dataset 'fashion_mnist'")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["blocks", "--dim", "x"], "attngraft blocks: error: argument --dim: invalid int value: 'x'"),
+        (["nope"], "attngraft: error: argument COMMAND: invalid choice: 'nope'"),
+        (["data", "--val-size", "-2"], "attngraft data: error: argument --val-size: '-2': expected a count >= 0"),
+    ],
+)
+def test_argument_errors_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message)
     assert err.count("\n") == 1
 
 

@@ -7,18 +7,24 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import shlex
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from typing_extensions import override
 
+from attngraft import validation
 from attngraft.errors import AttngraftError, ConfigError, UnknownNameError
 
 Handler = Callable[[argparse.Namespace], int]
+
+# Bounds on values that would otherwise allocate absurd memory or run for days; each error states its reason.
+MAX_DIM = 16_384  # attngraft blocks --dim
+MAX_STEPS = 4_096  # attngraft explain --steps (Integrated Gradients)
+MAX_CHECK_IMAGES = 1_024  # attngraft export --images
 
 
 def _format_summary_rows(
@@ -70,14 +76,9 @@ def _format_summary_rows(
 def _count_or_fraction(text: str) -> int | float:
     """A held-out size from the command line: ``500`` (a count) or ``0.1`` (a fraction)."""
     try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value.is_integer() and value >= 0:
-        return int(value)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a count >= 0 or a fraction in (0, 1), got {text!r}")
-    return value
+        return validation.fraction_or_count(float(text), text)
+    except ValueError:  # not a number, or a ConfigError
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a count >= 0 or a fraction in (0, 1)") from None
 
 
 def _run_data(args: argparse.Namespace) -> int:
@@ -91,6 +92,7 @@ def _run_data(args: argparse.Namespace) -> int:
         return 0
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise DataNotFoundError(f"dataset {args.name!r} not found: --data-dir {args.data_dir} is not a directory")
+    validation.integer(args.split_seed, "--split-seed")
     rows = _format_summary_rows(
         args.name, args.data_dir, args.download, val_size=args.val_size, test_size=args.test_size, seed=args.split_seed
     )
@@ -102,6 +104,8 @@ def _run_blocks(args: argparse.Namespace) -> int:
     from attngraft.blocks import BLOCKS, create_block
     from attngraft.models import count_parameters
 
+    validation.positive_int(args.dim, "--dim")
+    validation.at_most(args.dim, "--dim", MAX_DIM, "a block's weights grow with its square")
     print(f"{'name':<16}{'family':<16}{'input':<16}{'params@' + str(args.dim):>12}")
     for name in BLOCKS.names():
         block = create_block(name, args.dim)
@@ -189,8 +193,13 @@ def _run_study(args: argparse.Namespace) -> int:
 def _run_explain(args: argparse.Namespace) -> int:
     from attngraft.explain import DEFAULT_METHODS, AttributionSettings, ExplainSettings, explain_checkpoint
 
-    if (args.images is not None and args.images < 1) or args.per_class < 0 or args.steps < 1:
-        raise ConfigError("--images and --steps must be positive, --per-class at least 0")
+    if args.images is not None:
+        validation.positive_int(args.images, "--images")
+    validation.non_negative_int(args.per_class, "--per-class")
+    validation.positive_int(args.steps, "--steps")
+    validation.at_most(args.steps, "--steps", MAX_STEPS, "each step is a forward and backward pass per image")
+    if args.out:
+        validation.output_path(args.out, "--out", directory=True)
     if args.per_class and (args.paths or args.images is not None):
         raise ConfigError("--per-class picks test images itself: use it without --images and --paths")
     settings = ExplainSettings(
@@ -229,9 +238,9 @@ def _run_cost(args: argparse.Namespace) -> int:
     if not names:
         raise ConfigError(f"--blocks {args.blocks!r}: name at least one design ({', '.join(DESIGNS.names())})")
     designs = list(dict.fromkeys(design_name(name) for name in names))  # unknown names list the valid ones
-    _check_finite(args.measure_mib, "--measure-mib", minimum=0)
+    validation.number(args.measure_mib, "--measure-mib", minimum=0)
     if args.budget_gb is not None:
-        _check_finite(args.budget_gb, "--budget-gb", minimum=0, inclusive=False)
+        validation.number(args.budget_gb, "--budget-gb", above=0)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available")
     try:
@@ -263,8 +272,13 @@ def _run_cost(args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     from attngraft.export import dataset_images, export_model, load_network, random_images
 
-    if args.images < 2:
-        raise ConfigError(f"--images {args.images}: the check needs at least 2 images")
+    validation.integer(args.images, "--images", minimum=2)
+    validation.at_most(args.images, "--images", MAX_CHECK_IMAGES, "they are checked in one batch")
+    for option, value in (("--image-size", args.image_size), ("--in-chans", args.in_chans)):
+        if value is not None:
+            validation.positive_int(value, option)
+    validation.number(args.tolerance, "--tolerance", above=0)
+    validation.output_path(args.out, "--out", directory=False)
     network = load_network(args.source)
     if args.random:
         images = random_images(network, count=args.images, image_size=args.image_size, in_chans=args.in_chans)
@@ -277,13 +291,6 @@ def _run_export(args: argparse.Namespace) -> int:
     print(f"wrote {report.path} ({report.exporter}; input N x {shape}, batch dimension dynamic)")
     print(f"max abs diff from eager PyTorch: {report.max_abs_diff:.3g} at batch sizes {list(report.batch_sizes)}")
     return 0
-
-
-def _check_finite(value: float, option: str, *, minimum: float, inclusive: bool = True) -> None:
-    """Raises a ConfigError naming ``option`` unless ``value`` is finite and at least (or above) ``minimum``."""
-    if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
-        bound = f"at least {minimum:g}" if inclusive else f"above {minimum:g}"
-        raise ConfigError(f"{option} {value!r}: expected a finite number {bound}")
 
 
 def _positive_list(text: str, option: str) -> list[int]:
@@ -311,6 +318,14 @@ def _pixel(text: str) -> tuple[int, int]:
     return int(row), int(col)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``attngraft <command>: error: <message>`` (the usage is in ``--help``)."""
+
+    @override
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 class _VersionAction(argparse.Action):
     """``--version``: looks the version up only when asked (``importlib.metadata`` is slow to import)."""
 
@@ -327,10 +342,12 @@ class _VersionAction(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``attngraft`` command."""
-    parser = argparse.ArgumentParser(prog="attngraft", description="Add attention to vision models.")
+    parser = _Parser(prog="attngraft", description="Add attention to vision models.")
     parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (staging, downloads)")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log progress (staging, downloads); a failure shows its traceback"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     data = commands.add_parser("data", help="locate a dataset and print its splits, classes and statistics")
     data.add_argument("name", nargs="?", default="fashion-mnist", help="dataset name (default: fashion-mnist)")
@@ -454,7 +471,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
-def _run_training(command: str, args: Sequence[str]) -> int:
+def _run_training(command: str, args: Sequence[str], *, verbose: bool = False) -> int:
     """``fit|validate|test|predict|lr-find``: LightningCLI parses the rest (``--config``, ``--trainer.*``)."""
     package_logger = logging.getLogger("attngraft")
     if not any(isinstance(handler, _StderrHandler) for handler in package_logger.handlers):
@@ -469,8 +486,7 @@ def _run_training(command: str, args: Sequence[str]) -> int:
     try:
         return _lightning(command, args)
     except AttngraftError as error:
-        print(f"attngraft {command}: error: {error}", file=sys.stderr)
-        return 2
+        return _user_error(command, error, verbose=verbose)
 
 
 def _lightning(command: str, args: Sequence[str]) -> int:
@@ -484,7 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((index for index, word in enumerate(argv) if not word.startswith("-")), None)
     if command is not None and argv[command] in TRAIN_COMMANDS and set(argv[:command]) <= {"-v", "--verbose"}:
-        return _run_training(argv[command], argv[command + 1 :])  # training always logs progress
+        verbose = bool(argv[:command])  # -v before the command: a failure shows its traceback
+        return _run_training(argv[command], argv[command + 1 :], verbose=verbose)  # training always logs progress
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -496,8 +513,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except AttngraftError as error:
-        print(f"attngraft: error: {error}", file=sys.stderr)
-        return 2
+        return _user_error(args.command, error, verbose=args.verbose)
+
+
+def _user_error(command: str, error: AttngraftError, *, verbose: bool) -> int:
+    """Prints ``attngraft <command>: error: <message>`` (and the traceback with ``-v``); returns exit status 2."""
+    if verbose:
+        traceback.print_exception(error)
+    print(f"attngraft {command}: error: {error}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

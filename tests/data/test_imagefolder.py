@@ -402,7 +402,7 @@ def test_cli_missing_data_dir_is_an_error_not_a_fallback(
 ) -> None:
     assert main(["data", name, "--data-dir", str(tmp_path / "nowhere")]) == 2
     message = f"dataset {name!r} not found: --data-dir {tmp_path / 'nowhere'} is not a directory"
-    assert capsys.readouterr().err == f"attngraft: error: {message}\n"
+    assert capsys.readouterr().err == f"attngraft data: error: {message}\n"
 
 
 def test_cli_too_small_class_exits_2_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -73,7 +73,9 @@ def test_explain_per_class_grids_and_image_files(trained_run: Path, tmp_path: Pa
         (["--methods", "ig,shap"], "unknown ['shap']; valid: gradcam, ig, occlusion, saliency, attention"),
         (["--query", "top"], "--query 'top': expected ROW,COL"),
         (["--query", "30,2"], "outside the 28×28 image"),
-        (["--images", "0"], "must be positive"),
+        (["--images", "0"], "--images 0: expected a positive integer"),
+        (["--steps", "100000"], "--steps 100000: expected at most 4,096"),
+        (["--out", "rgb.yaml"], "--out rgb.yaml: an existing file, expected a directory"),
         (["--config", "missing.yaml"], "config missing.yaml: cannot read it"),
         (["--paths", "missing.png"], "image missing.png: cannot read it"),
         (["--per-class", "2", "--images", "3"], "--per-class picks test images itself"),
@@ -91,7 +93,7 @@ def test_explain_user_errors_exit_2_with_one_line(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     Path("rgb.yaml").write_text(yaml.safe_dump({"data": {"dataset": "fashion-mnist", "channels": 3}}))
-    command = ["explain", "--ckpt_path", _checkpoint(trained_run), "--out", str(tmp_path / "out"), *arguments, *FAST]
+    command = ["explain", "--ckpt_path", _checkpoint(trained_run), "--out", str(tmp_path / "out"), *FAST, *arguments]
     assert main(command) == 2
     error = capsys.readouterr().err
     assert message in error
