@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -10,18 +11,48 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
+
+from attngraft.errors import DiskFullError
+
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_no_space(error: BaseException) -> TypeGuard[OSError]:
+    """Whether ``error`` says the disk (or the user's quota) is full."""
+    return isinstance(error, OSError) and error.errno in NO_SPACE
+
+
+def disk_full(path: Path, error: OSError) -> DiskFullError:
+    """The error for a write of ``path`` that ran out of space (its ``errno`` kept, its message one line)."""
+    full = DiskFullError(
+        f"{path}: no space left on device while writing it; nothing was replaced: free some space and run again"
+    )
+    full.errno = error.errno
+    return full
 
 
 @contextmanager
 def atomic_path(destination: Path) -> Iterator[Path]:
-    """Yields a temporary path beside ``destination``; renames it into place only if the block succeeds."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    """Yields a temporary path beside ``destination``; renames it into place only if the block succeeds.
+
+    Raises:
+        DiskFullError: Naming ``destination``, when the disk fills up meanwhile (the previous file stays intact).
+    """
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    except OSError as error:
+        raise disk_full(destination, error) if is_no_space(error) else error from None
     os.close(handle)
     temporary_path = Path(temporary)
     try:
-        yield temporary_path
+        try:
+            yield temporary_path
+        except OSError as error:
+            if is_no_space(error) and not isinstance(error, DiskFullError):
+                raise disk_full(destination, error) from None
+            raise
         if temporary_path.is_file():  # mkstemp creates 0600; give the file the mode a plain open() would
             os.chmod(temporary_path, _file_mode(destination))
         os.replace(temporary_path, destination)

@@ -54,3 +54,7 @@ class ConfigError(AttngraftError, ValueError):
 
 class TrainingError(AttngraftError, RuntimeError):
     """Training that cannot go on, e.g. a non-finite loss; the message says where and what was kept."""
+
+
+class DiskFullError(AttngraftError, OSError):
+    """A write that ran out of space (or quota); the message names the file, and the previous one is intact."""

@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from attngraft._io import atomic_path
+from attngraft._io import atomic_path, disk_full, is_no_space
 from attngraft.errors import CorruptDataError
 
 DATA_ENV = "ATTNGRAFT_DATA"
@@ -77,6 +77,8 @@ def stage_gunzip(source: Path, destination: Path, check: Callable[[Path], object
             with gzip.open(source, "rb") as compressed, open(temporary, "wb") as out:
                 shutil.copyfileobj(compressed, out, length=1 << 20)
         except (OSError, EOFError, zlib.error) as error:
+            if is_no_space(error):
+                raise disk_full(destination, error) from None  # the source is fine: the cache's disk is full
             raise CorruptDataError(f"{source}: truncated or corrupt gzip file ({error})") from None
         check(temporary)
         source_stat = source.stat()
@@ -100,6 +102,8 @@ def stage_tar(source: Path, destination: Path, member_dir: str) -> None:
             with tarfile.open(source) as archive:
                 archive.extractall(temporary, filter="data")
         except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+            if is_no_space(error):
+                raise disk_full(target, error) from None  # the source is fine: the cache's disk is full
             raise CorruptDataError(f"{source}: truncated or corrupt tar archive ({error})") from None
         if not (temporary / member_dir).is_dir():
             raise CorruptDataError(f"{source}: archive has no folder {member_dir!r}")
