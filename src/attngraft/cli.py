@@ -159,7 +159,9 @@ def _run_study(args: argparse.Namespace) -> int:
         try:
             overrides[key] = yaml.safe_load(value)
         except yaml.YAMLError as error:
-            raise ConfigError(f"--set {assignment!r}: the value is not YAML: {error}") from None
+            raise ConfigError(f"--set {assignment!r}: the value is not YAML ({' '.join(str(error).split())})") from None
+    if args.data_dir is not None:
+        validation.existing_directory(args.data_dir, "--data-dir")
     if args.publish and args.cells:
         raise ConfigError("--publish takes the whole study: run it without --cells")
     study = load_study(args.name, args.profile, overrides)
@@ -319,7 +321,15 @@ def _pixel(text: str) -> tuple[int, int]:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``attngraft <command>: error: <message>`` (the usage is in ``--help``)."""
+    """argparse with one-line errors and no abbreviated options.
+
+    Errors read ``attngraft <command>: error: <message>`` (the usage is in ``--help``); ``--profil`` must not
+    silently mean ``--profile``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     @override
     def error(self, message: str) -> NoReturn:
@@ -503,7 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         verbose = bool(argv[:command])  # -v before the command: a failure shows its traceback
         return _run_training(argv[command], argv[command + 1 :], verbose=verbose)  # training always logs progress
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # reported by the subcommand's parser, so the error names the command
+        _command_parser(parser, getattr(args, "command", None)).error(f"unrecognized arguments: {' '.join(extras)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
@@ -514,6 +526,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except AttngraftError as error:
         return _user_error(args.command, error, verbose=args.verbose)
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The parser of subcommand ``command`` (the top-level parser when there is none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
 
 
 def _user_error(command: str, error: AttngraftError, *, verbose: bool) -> int:

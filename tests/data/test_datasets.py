@@ -252,3 +252,18 @@ def test_cifar_arrays_refuse_a_batch_that_runs_code(tmp_path: Path) -> None:
     with pytest.raises(CorruptDataError, match=r"data_batch_2: .* is not allowed"):
         split_dataset("cifar10", data_dir=tmp_path, val_size=5, in_memory=True)
     assert not marker.exists()
+
+
+def test_a_data_dir_that_does_not_exist_is_an_error_not_a_fall_back(tmp_path: Path) -> None:
+    with pytest.raises(DataNotFoundError, match=f"data_dir {tmp_path / 'nope'} is not a directory"):
+        locate_dataset("fashion-mnist", data_dir=tmp_path / "nope")
+
+
+def test_a_train_size_beyond_the_data_is_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from attngraft.data import ImageDataModule
+
+    write_idx_dataset(tmp_path, make_idx_arrays())
+    module = ImageDataModule("mnist", data_dir=tmp_path, val_size=10, train_size=500, num_workers=0)
+    module.setup("fit")
+    assert len(module.splits["train"]) == 30
+    assert "data.train_size 500: only 30 training images are left" in caplog.text

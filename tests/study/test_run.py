@@ -183,6 +183,7 @@ def test_missing_optional_dataset_is_skipped_and_a_required_one_stops(study_file
     monkeypatch.setattr(study_run, "train_run", lambda run, *args, **kwargs: pytest.fail("nothing should train"))
     path = study_file(datasets=["fashion-mnist", {"name": "cifar100", "optional": True}])
     empty = str(tmp_path / "empty")
+    Path(empty).mkdir()
     assert study_run.available_datasets(load_study(str(path)), empty) == (["fashion-mnist"], ["cifar100"])
     only_optional = study_file(datasets=[{"name": "cifar100", "optional": True}])
     with pytest.raises(DataNotFoundError, match=r"none of its datasets is here \(cifar100\)"):
@@ -214,11 +215,18 @@ def test_cli_plans_a_study(study_file, capsys):
         (["study", "graft", "--set", "stage=layer3"], "--set stage: no such variable"),
         (["study", "graft", "--cells", "graph_head", "--publish", "x"], "--publish takes the whole study"),
         (["study", "graft", "--backbone-weights", "/nonexistent.safetensors"], "no file at /nonexistent"),
+        (["study", "graft", "--profil", "quick"], "attngraft study: error: unrecognized arguments: --profil quick"),
+        (["study", "graft", "--data-dir", "/nonexistent"], "--data-dir /nonexistent: no such directory"),
     ],
 )
 def test_cli_user_errors_exit_2_with_one_line(arguments, message, capsys, tmp_path: Path):
-    assert main([*arguments, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    try:
+        code = main([*arguments, "--out", str(tmp_path / "out"), "--no-progress"])
+    except SystemExit as exited:  # argument errors
+        code = exited.code
+    assert code == 2
     error = capsys.readouterr().err
+    assert error.count("\n") == 1
     assert message in error
     assert "Traceback" not in error
 

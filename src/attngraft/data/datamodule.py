@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -29,6 +30,9 @@ warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=
 def default_num_workers() -> int:
     """Data-loading workers: one per available core, at most 4."""
     return min(4, len(os.sched_getaffinity(0)))
+
+
+logger = logging.getLogger(__name__)
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -171,6 +175,13 @@ class ImageDataModule(L.LightningDataModule):
             test_size=self.test_size,
             seed=self.split_seed,
         )
+        train = parts.get("train")
+        if train is not None and self.train_size is not None and self.train_size > len(train.indices):
+            logger.warning(
+                "data.train_size %d: only %d training images are left after the validation split; using them all",
+                self.train_size,
+                len(train.indices),
+            )
         for split, part in parts.items():
             training = split == "train"
             key = self._memo_key(part)

@@ -172,6 +172,8 @@ def locate_dataset(name: str, data_dir: str | Path | None = None, download: bool
         CorruptDataError: Naming a file that was found but is truncated or corrupt.
     """
     spec = get_dataset_spec(name)
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():  # never a silent fall-back elsewhere
+        raise DataNotFoundError(f"dataset {name!r} not found: data_dir {data_dir} is not a directory")
     roots = spec.source.roots(data_dir)
     for root in roots:
         located = spec.source.find(root, name)
