@@ -86,6 +86,7 @@ def test_two_copies_never_share_a_staging_dir(tmp_path: Path) -> None:
 def test_not_found_lists_locations_and_remedies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = get_dataset_spec("fashion-mnist").source
     monkeypatch.setattr(source, "system_dirs", (str(tmp_path / "system"),))
+    (tmp_path / "nowhere").mkdir()  # an empty folder
     with pytest.raises(DataNotFoundError) as caught:
         locate_dataset("fashion-mnist", data_dir=tmp_path / "nowhere")
     message = str(caught.value)
