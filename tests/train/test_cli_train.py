@@ -239,3 +239,18 @@ def test_ckpt_path_best_is_explained(write_recipe, tmp_path: Path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     assert main(["test", "--config", str(write_recipe()), "--ckpt_path", "best"]) == 2
     assert "give 'last' (the run's newest last.ckpt) or a .ckpt file" in capsys.readouterr().err
+
+
+def test_options_that_disagree_with_the_checkpoint_are_not_silently_replaced(
+    write_recipe, tmp_path: Path, monkeypatch, capsys, caplog
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    recipe = str(write_recipe("agree", trainer={"max_epochs": 1, "limit_test_batches": 2}))
+    assert main(["fit", "--config", recipe, "--trainer.limit_train_batches", "2"]) == 0
+    capsys.readouterr()
+    assert main(["test", "--config", recipe, "--model.network", "resnet26", "--ckpt_path", "last"]) == 2
+    error = capsys.readouterr().err
+    assert "model.network 'resnet26': expected the checkpoint's 'mnist_cnn'" in error
+    assert "drop the option to use the checkpoint's" in error
+    assert main(["test", "--config", recipe, "--model.lr", "0.5", "--ckpt_path", "last"]) == 0
+    assert "the checkpoint's settings are used: model.lr 0.001 (not 0.5)" in caplog.text

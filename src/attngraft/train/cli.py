@@ -11,10 +11,11 @@ checkpoint. Runs log to TensorBoard and CSV under ``runs/<run_name>/version_<n>/
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from attngraft.train.checkpoint import check_lightning_checkpoint
 from attngraft.train.module import ImageClassifier
 from attngraft.train.network import starts_from_imagenet
 from attngraft.train.trainer import RUNS_DIR, create_trainer, run_loggers
+from attngraft.validation import show
 
 logger = logging.getLogger(__name__)
 
@@ -126,16 +128,23 @@ class AttngraftCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Checks ``--ckpt_path`` (and resolves ``last``) before LightningCLI reads the file's hyperparameters."""
         subcommand = self.config.get("subcommand")
-        self._resolve_checkpoint(self.config[subcommand] if subcommand else self.config)
+        settings = self.config[subcommand] if subcommand else self.config
+        content = self._resolve_checkpoint(settings)
+        if content is not None:
+            check_agreement(settings.get("model"), content.get("hyper_parameters"), settings["ckpt_path"])
         super()._parse_ckpt_path()
 
-    def _resolve_checkpoint(self, settings: Any) -> None:
-        """``--ckpt_path last`` becomes the run's newest ``last.ckpt``; any file is checked (a clear error if bad)."""
+    def _resolve_checkpoint(self, settings: Any) -> Mapping[str, Any] | None:
+        """``--ckpt_path last`` becomes the run's newest ``last.ckpt``; any file is checked (a clear error if bad).
+
+        Returns:
+            The checkpoint's content (tensors memory-mapped), or None without a local checkpoint.
+        """
         self._resumed_version: int | None = None
         self._resumed_step: int | None = None
         given = settings.get("ckpt_path")
         if given is None or "://" in str(given):  # remote checkpoints: Lightning's own reader
-            return
+            return None
         if given == "last":
             root = Path(settings.get("trainer", {}).get("default_root_dir") or RUNS_DIR) / _run_name(settings)
             checkpoint = latest_checkpoint(root)
@@ -152,6 +161,7 @@ class AttngraftCLI(LightningCLI):
         content = check_lightning_checkpoint(settings["ckpt_path"])
         if self._resumed_version is not None:  # the run's metrics.csv keeps its rows from before the checkpoint
             self._resumed_step = int(content["global_step"])
+        return content
 
     @override
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
@@ -167,6 +177,54 @@ class AttngraftCLI(LightningCLI):
     def _settings(self) -> Any:
         """The parsed settings of the running command."""
         return self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+
+
+# Model options that make another network: given unlike the checkpoint's, they are an error, not silently replaced.
+NETWORK_OPTIONS = ("network", "num_classes", "in_chans", "teacher", "distillation")
+
+
+def check_agreement(model: Any, saved: Any, checkpoint: str) -> None:
+    """Refuses model options that disagree with the checkpoint's; warns of other settings the checkpoint overrides.
+
+    LightningCLI replaces the model section with the checkpoint's hyperparameters. An option left at its default
+    is not the user's choice and is replaced quietly; a network option given explicitly and differently is an error;
+    other options given differently (``lr``...) are named in a warning, as the checkpoint's values are used.
+
+    Raises:
+        ConfigError: Naming the option, the value given and the checkpoint's.
+    """
+    if not isinstance(saved, Mapping) or model is None:
+        return
+    given = _plain(model)
+    defaults = {
+        name: parameter.default for name, parameter in inspect.signature(ImageClassifier.__init__).parameters.items()
+    }
+    replaced = []
+    for key, value in saved.items():
+        if key not in defaults or key not in given:
+            continue
+        mine, theirs = _plain(given[key]), _plain(value)
+        if mine is None or mine == _plain(defaults[key]) or mine == theirs:
+            continue
+        if key in NETWORK_OPTIONS:
+            raise ConfigError(
+                f"model.{key} {show(mine)}: expected the checkpoint's {show(theirs)} ({checkpoint} was trained "
+                "with it); drop the option to use the checkpoint's"
+            )
+        replaced.append(f"model.{key} {show(theirs)} (not {show(mine)})")
+    if replaced:
+        logger.warning("%s: the checkpoint's settings are used: %s", checkpoint, ", ".join(replaced))
+
+
+def _plain(value: Any) -> Any:
+    """Jsonargparse Namespaces as dicts, paths as strings: values that compare as the user wrote them."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return str(value) if isinstance(value, Path) else value
 
 
 def _run_name(settings: Any) -> str:
