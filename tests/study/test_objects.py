@@ -98,3 +98,41 @@ def test_a_study_naming_os_system_stops_with_one_line_and_runs_nothing(
     assert "'os.system' is not allowed" in error
     assert "Traceback" not in error
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("case", ["mismatched keys", "pickled code", "unknown suffix", "random bytes"])
+def test_backbone_weights_are_checked_before_any_cell_trains(
+    case: str, tmp_path: Path, fashion_mnist_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import subprocess
+
+    import safetensors.torch
+    import torch
+
+    files = {
+        "mismatched keys": tmp_path / "other.safetensors",
+        "pickled code": tmp_path / "code.pt",
+        "unknown suffix": tmp_path / "weights.txt",
+        "random bytes": tmp_path / "random.pt",
+    }
+    safetensors.torch.save_file({"fc.weight": torch.ones(2, 2)}, files["mismatched keys"])
+    torch.save({"w": torch.ones(1), "hook": subprocess.Popen}, files["pickled code"])
+    files["unknown suffix"].write_text("weights")
+    files["random bytes"].write_bytes(bytes(range(256)))
+    messages = {
+        "mismatched keys": "fc.weight",
+        "pickled code": "refused to load it",
+        "unknown suffix": "unknown format '.txt'",
+        "random bytes": "corrupt or not a torch file",
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_study(fashion_mnist_dir)))
+    out = tmp_path / "out"
+    arguments = ["study", str(path), "--out", str(out), "--no-progress", "--backbone-weights", str(files[case])]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err
+    assert messages[case] in error
+    assert str(files[case]) in error
+    assert "Traceback" not in error
+    assert not list(out.rglob("result.json"))  # nothing trained
+    assert not list(out.rglob("metrics.csv"))

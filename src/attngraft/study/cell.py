@@ -234,14 +234,15 @@ def trained_network(run: Run, directory: Path) -> tuple[torch.nn.Module, ImageDa
     return network, datamodule
 
 
-def check_run(run: Run) -> None:
+def check_run(run: Run, backbone_weights: str | None = None) -> None:
     """Builds the run's data module, network and trainer without training or reading data.
 
-    A bad setting in any cell then stops the study before the first run trains. Backbones get random weights here.
+    A bad setting in any cell then stops the study before the first run trains. Backbones get random weights here,
+    or ``backbone_weights`` (a file, for a pretrained cell), which are then checked key by key.
     """
     datamodule = _datamodule(run)
     if datamodule.spec.num_classes is not None:  # image folders know their classes only after reading
-        _classifier(run, datamodule, None)
+        _classifier(run, datamodule, backbone_weights if run.cell.pretrained is not None else None)
     with tempfile.TemporaryDirectory() as directory:
         _trainer(run, Path(directory), FeatureCache(mode="off"))
 

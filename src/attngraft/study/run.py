@@ -107,6 +107,7 @@ def run_study(study: Study, options: StudyOptions) -> list[dict[str, Any]]:
     weights = options.backbone_weights
     if weights is not None and weights != "imagenet" and not Path(weights).is_file():
         raise ConfigError(f"--backbone-weights: no file at {options.backbone_weights} (or use 'imagenet')")
+    weights_file = weights if weights not in (None, "imagenet") else None  # checked with the first pretrained cell
     out.mkdir(parents=True, exist_ok=True)
     started = _now()
     write_text(out / "config.yaml", yaml.safe_dump(study.resolved, sort_keys=False))
@@ -117,8 +118,11 @@ def run_study(study: Study, options: StudyOptions) -> list[dict[str, Any]]:
     feature_store: dict[str, FeatureDataset] = {}
     with _study_logging(out / "study.log"), _progress(len(runs), options.progress) as bar:
         logger.info("study %s, profile %s: %d runs into %s", study.name, study.profile, len(runs), out)
+        checked_weights = False
         for run in {(run.dataset, run.cell.name): run for run in runs}.values():
-            check_run(run)
+            check_weights = weights_file is not None and run.cell.pretrained is not None and not checked_weights
+            check_run(run, weights_file if check_weights else None)
+            checked_weights = checked_weights or check_weights
         for run in runs:
             bar.set_description(run.key)
             rows.append(_run_once(study, run, out, options, feature_store))
