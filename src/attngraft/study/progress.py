@@ -17,6 +17,8 @@ from typing import Any, TextIO
 import lightning as L
 from typing_extensions import override
 
+from attngraft.train.trainer import SetupLogFilter
+
 logger = logging.getLogger(__name__)
 
 EPOCH_METRICS = ("train_loss_epoch", "val_loss", "val_acc", "test_acc_epoch")
@@ -131,30 +133,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-_REPEATING = ("lightning.", "attngraft.data.")
-"""Loggers whose ``INFO`` records describe the setup (devices, limits, where data lives), not an event."""
 _DROPPED = ("`Trainer.fit` stopped: `max_epochs=", "`Trainer.fit` stopped: `max_steps=")
 """Lightning's normal end of a fit: the last epoch line of :class:`CellProgress` says so already."""
 
 
-class StudyLogFilter(logging.Filter):
+class StudyLogFilter(SetupLogFilter):
     """One line per event in ``study.log``: Lightning's tips and normal-stop notes dropped, setup banners once.
 
-    Every Trainer logs "GPU available", "TPU available", its ``limit_*_batches`` and an advertising tip, and every
-    data module logs where it found its files; a study builds a Trainer and a data module per run (twice: one check
-    before training), so these would repeat for every run. Warnings and errors always pass.
+    A study builds a Trainer and a data module per run (twice: one check before training), so their setup lines
+    would repeat for every run. Warnings and errors always pass.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._seen: set[str] = set()
-
-    @override
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING or not record.name.startswith(_REPEATING):
-            return True
-        message = record.getMessage()
-        if message.lstrip().startswith(("💡", "Tip:")) or message.startswith(_DROPPED) or message in self._seen:
-            return False
-        self._seen.add(message)
-        return True
+    dropped = _DROPPED

@@ -35,7 +35,7 @@ from attngraft.train.callbacks import PredictionWriter
 from attngraft.train.checkpoint import check_lightning_checkpoint
 from attngraft.train.module import ImageClassifier
 from attngraft.train.network import starts_from_imagenet
-from attngraft.train.trainer import RUNS_DIR, create_trainer, run_loggers
+from attngraft.train.trainer import RUNS_DIR, create_trainer, quiet_console, run_loggers
 from attngraft.validation import show
 
 logger = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ def latest_checkpoint(run_root: Path) -> Path | None:
 def run_lightning(command: str, args: Sequence[str]) -> int:
     """Runs a training command: LightningCLI's ``fit|validate|test|predict``, or the LR finder."""
     args = recipe_arguments(args)  # --config NAME: a local file, else a packaged recipe (attngraft.recipes)
-    with warnings.catch_warnings():  # the resolved arguments differ from sys.argv on purpose
+    with warnings.catch_warnings(), quiet_console():  # the resolved arguments differ from sys.argv on purpose
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
         if command == "lr-find":
             return lr_find(args)

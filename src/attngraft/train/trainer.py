@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,12 +20,67 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from typing_extensions import override
 
 from attngraft._io import atomic_path
 from attngraft.train.callbacks import AtomicCheckpointIO, RandomState
 
 RUNS_DIR = "runs"
 logger = logging.getLogger(__name__)
+
+_REPEATING = ("lightning.", "attngraft.data.")
+"""Loggers whose ``INFO`` records describe the setup (devices, limits, where data lives), not an event."""
+UNACTIONABLE_WARNINGS = (
+    r"Checkpoint directory .* exists and is not empty",  # a resumed run writes into its own directory again
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # inside Lightning
+)
+"""Warnings of Lightning's that users cannot act on in an attngraft run."""
+
+
+class SetupLogFilter(logging.Filter):
+    """Lightning's advertising tips dropped; each setup line (devices, where the data was found) written once.
+
+    Every Trainer logs "GPU available", "TPU available" and a tip, and every data module where it found its files;
+    a command or a study builds several. Warnings and errors always pass. ``dropped``: more message prefixes to drop.
+    """
+
+    dropped: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    @override
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING or not record.name.startswith(_REPEATING):
+            return True
+        message = record.getMessage()
+        if message.lstrip().startswith(("💡", "Tip:")) or message.startswith(self.dropped) or message in self._seen:
+            return False
+        self._seen.add(message)
+        return True
+
+
+@contextmanager
+def quiet_console() -> Iterator[None]:
+    """Quiets a training command's console: setup lines once, no tips, no warnings users cannot act on.
+
+    :class:`SetupLogFilter` goes on the console handlers of Lightning and attngraft, and
+    :data:`UNACTIONABLE_WARNINGS` are ignored, while the block runs.
+    """
+    setup_filter = SetupLogFilter()
+    names = ("lightning.pytorch", "lightning.fabric", "lightning", "attngraft")
+    handlers = [handler for name in names for handler in logging.getLogger(name).handlers]
+    for handler in handlers:
+        handler.addFilter(setup_filter)
+    try:
+        with warnings.catch_warnings():
+            for message in UNACTIONABLE_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(setup_filter)
 
 
 def run_loggers(
