@@ -44,10 +44,10 @@ def test_data_list(capsys: pytest.CaptureFixture[str]) -> None:
         (["data", "fashion_mnist"], "unknown dataset 'fashion_mnist'. Did you mean 'fashion-mnist'"),
         (["data", "cifar10", "--data-dir", "/nonexistent"], "dataset 'cifar10' not found"),
         (["models", "vgg*"], "no model matches 'vgg*'; models: deepvit"),
-        (["graft-info", "/nonexistent/spec.yaml"], "cannot read graft spec /nonexistent/spec.yaml"),
+        (["graft-info", "/nonexistent/spec.yaml"], "graft spec /nonexistent/spec.yaml: no such file"),
         (
             ["graft-info", str(CONFIGS.parent / "README.md")],
-            f"graft spec {CONFIGS.parent / 'README.md'} is not valid YAML",
+            f"graft spec {CONFIGS.parent / 'README.md'}: not valid YAML (mapping values are not allowed here at line",
         ),
     ],
 )

@@ -164,7 +164,9 @@ def test_weights_that_do_not_fit_list_every_key(tmp_path: Path) -> None:
         ("format: 2\nkind: zoo\nconfig: {name: resnet18}\n", "format 2; this attngraft reads format 1"),
         ("format: 1\nkind: lightning\nconfig: {}\n", "kind must be one of \\['zoo', 'graft'\\]"),
         ("format: 1\nkind: zoo\nconfig: resnet18\n", "config must be a mapping"),
-        ("[1, 2", "is not valid YAML"),
+        ("[1, 2", "model.yaml: not valid YAML"),
+        ("", "model.yaml: an empty file"),
+        ("# nothing\n", "model.yaml: holds no YAML content"),
     ],
 )
 def test_a_bad_model_yaml_is_named(content: str, message: str, tmp_path: Path) -> None:

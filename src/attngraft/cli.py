@@ -22,9 +22,10 @@ from attngraft.errors import AttngraftError, ConfigError, UnknownNameError
 Handler = Callable[[argparse.Namespace], int]
 
 # Bounds on values that would otherwise allocate absurd memory or run for days; each error states its reason.
-MAX_DIM = 16_384  # attngraft blocks --dim
+MAX_DIM = 4_096  # attngraft blocks --dim
 MAX_STEPS = 4_096  # attngraft explain --steps (Integrated Gradients)
 MAX_CHECK_IMAGES = 1_024  # attngraft export --images
+MAX_EXPLAIN_IMAGES = 1_000  # attngraft explain --images
 
 
 def _format_summary_rows(
@@ -108,7 +109,11 @@ def _run_blocks(args: argparse.Namespace) -> int:
     validation.at_most(args.dim, "--dim", MAX_DIM, "a block's weights grow with its square")
     print(f"{'name':<16}{'family':<16}{'input':<16}{'params@' + str(args.dim):>12}")
     for name in BLOCKS.names():
-        block = create_block(name, args.dim)
+        try:
+            block = create_block(name, args.dim)
+        except ValueError as error:  # e.g. a width its default heads do not divide: say so on its row
+            print(f"{name:<16}{'':<16}{'':<16}{'-':>12}  (not at --dim {args.dim}: {error})")
+            continue
         params = count_parameters(block)
         shape = "(B, N, C)" if block.layout == "tokens" else "(B, C, H, W)"
         print(f"{name:<16}{block.family:<16}{shape:<16}{params:>12,}")
@@ -146,7 +151,7 @@ def _run_study(args: argparse.Namespace) -> int:
     import yaml
 
     from attngraft.study import StudyOptions, default_directory, list_studies, load_study, run_study
-    from attngraft.study.run import publish
+    from attngraft.study.run import plan_study, publish
 
     if args.list:
         print("\n".join(list_studies()))
@@ -169,14 +174,16 @@ def _run_study(args: argparse.Namespace) -> int:
         out=Path(args.out) if args.out else None,
         resume=args.resume,
         backbone_weights=args.backbone_weights,
-        cells=args.cells.split(",") if args.cells else None,
+        cells=_cells(args.cells),
         data_dir=args.data_dir,
         progress=not args.no_progress,
         command=shlex.join(["attngraft", *args.argv]),
     )
     out = options.out or default_directory(study)
+    if args.out:
+        validation.output_path(args.out, "--out", directory=True)
     if args.plan:
-        for run in study.runs(cells=options.cells):
+        for run in plan_study(study, options):  # every cell's settings checked, nothing trained
             print(f"{run.key:<48}{run.cell.epochs:>4} epochs  {run.cell.label}")
         return 0
     try:
@@ -192,12 +199,24 @@ def _run_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cells(text: str | None) -> list[str] | None:
+    """``--cells a,b``: the names; None without the option."""
+    if text is None:
+        return None
+    cells = [cell.strip() for cell in text.split(",") if cell.strip()]
+    if not cells:
+        raise ConfigError(f"--cells {text!r}: expected comma-separated cell names")
+    return cells
+
+
 def _run_explain(args: argparse.Namespace) -> int:
     from attngraft.explain import DEFAULT_METHODS, AttributionSettings, ExplainSettings, explain_checkpoint
 
     if args.images is not None:
         validation.positive_int(args.images, "--images")
+        validation.at_most(args.images, "--images", MAX_EXPLAIN_IMAGES, "each gets its own figure")
     validation.non_negative_int(args.per_class, "--per-class")
+    validation.at_most(args.per_class, "--per-class", MAX_EXPLAIN_IMAGES // 10, "a grid per class")
     validation.positive_int(args.steps, "--steps")
     validation.at_most(args.steps, "--steps", MAX_STEPS, "each step is a forward and backward pass per image")
     if args.out:
@@ -236,7 +255,10 @@ def _run_cost(args: argparse.Namespace) -> int:
     from attngraft.study.cost_report import available_memory_bytes, cost_rows, write_cost_report
 
     sizes = sorted(set(_positive_list(args.sizes, "--sizes")))
-    names = [name.strip() for name in args.blocks.split(",") if name.strip()] if args.blocks else DESIGNS.names()
+    validation.output_path(args.out, "--out", directory=True)
+    names = DESIGNS.names()
+    if args.blocks is not None:
+        names = [name.strip() for name in args.blocks.split(",") if name.strip()]
     if not names:
         raise ConfigError(f"--blocks {args.blocks!r}: name at least one design ({', '.join(DESIGNS.names())})")
     designs = list(dict.fromkeys(design_name(name) for name in names))  # unknown names list the valid ones
@@ -394,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--data-dir", help="directory searched first for the datasets' files")
     study.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="set a profile variable")
     study.add_argument("--publish", metavar="DIR", help="copy the tables, plots, config and environment to DIR")
-    study.add_argument("--plan", action="store_true", help="print the runs without running them")
+    study.add_argument("--plan", action="store_true", help="check every cell's settings; print the runs, run nothing")
     study.add_argument("--list", action="store_true", help="list the studies")
     study.add_argument("--no-progress", action="store_true", help="no progress bar")
     study.set_defaults(handler=_run_study)
@@ -520,6 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
+        print("attngraft: error: name a command (see above)", file=sys.stderr)
         return 2
     args.argv = argv
     try:

@@ -36,6 +36,7 @@ from attngraft.errors import SavedModelError, WeightsError
 from attngraft.grafting import build
 from attngraft.models import create_model
 from attngraft.models.factory import ZOO_CONFIG
+from attngraft.validation import read_yaml
 
 FORMAT = 1
 CONFIG_FILE = "model.yaml"
@@ -165,12 +166,9 @@ def read_description(directory: Path) -> dict[str, Any]:
     where = directory / CONFIG_FILE
     if not directory.is_dir():
         raise SavedModelError(f"no saved model at {directory}: not a directory")
-    try:
-        content = yaml.safe_load(where.read_text())
-    except OSError as error:
-        raise SavedModelError(f"no saved model at {directory}: cannot read {CONFIG_FILE} ({error.strerror})") from None
-    except yaml.YAMLError as error:
-        raise SavedModelError(f"{where} is not valid YAML: {error}") from None
+    if not where.exists():
+        raise SavedModelError(f"no saved model at {directory}: no {CONFIG_FILE}")
+    content = read_yaml(where, "saved model file", error=SavedModelError)
     if not isinstance(content, Mapping):
         raise SavedModelError(f"{where}: expected a mapping with format, kind and config")
     if content.get("format") != FORMAT:

@@ -195,6 +195,32 @@ def output_path(path: str | Path, what: str, *, directory: bool, error: ErrorTyp
     return path
 
 
+def read_yaml(path: str | Path, what: str, *, error: ErrorType = ConfigError) -> Any:
+    """The parsed content of a YAML file, which must exist, be UTF-8 text, parse, and not be empty.
+
+    ``what`` names the file's role (``study file``, ``graft spec``); every message reads ``<what> <path>: ...``.
+    """
+    import yaml
+
+    path = existing_file(path, what, error=error)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as decode_error:
+        raise error(f"{what} {path}: not UTF-8 text (byte {decode_error.start}); expected a YAML file") from None
+    except OSError as read_error:
+        raise error(f"{what} {path}: cannot read it ({read_error.strerror})") from None
+    try:
+        content = yaml.safe_load(text)
+    except yaml.YAMLError as yaml_error:
+        mark = getattr(yaml_error, "problem_mark", None)
+        place = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(yaml_error, "problem", None) or yaml_error).split())
+        raise error(f"{what} {path}: not valid YAML ({problem}{place})") from None
+    if content is None:
+        raise error(f"{what} {path}: holds no YAML content (empty, or only comments)")
+    return content
+
+
 def _did_you_mean(value: object, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""

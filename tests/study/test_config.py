@@ -146,7 +146,7 @@ def test_unknown_study_name_suggests_close_names():
 def test_unreadable_study_file_names_the_file(tmp_path: Path):
     path = tmp_path / "bad.yaml"
     path.write_text("cells: [\n")
-    with pytest.raises(ConfigError, match=r"cannot read study file .*bad\.yaml"):
+    with pytest.raises(ConfigError, match=r"study file .*bad\.yaml: not valid YAML"):
         load_study(str(path))
 
 

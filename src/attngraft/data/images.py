@@ -44,12 +44,15 @@ def load_image(path: str | Path) -> Image.Image:
     """Reads an image file of any mode and returns it as ``L``, ``RGB`` or ``F`` (see the module's description).
 
     Raises:
-        CorruptDataError: Naming the file, when it cannot be decoded (truncated, corrupt or not an image).
+        CorruptDataError: Naming the file, when it cannot be decoded (truncated, corrupt or not an image), or when it
+            declares more pixels than Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``).
     """
     try:
         with Image.open(path) as opened:
             opened.load()
             return canonical_image(opened)
+    except Image.DecompressionBombError as error:
+        raise CorruptDataError(f"{path}: refused to decode it ({error})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise CorruptDataError(f"{path}: unreadable image ({error})") from None
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 from torch import nn
 
@@ -20,6 +19,7 @@ from attngraft.data import load_image
 from attngraft.data.datamodule import ImageDataModule
 from attngraft.errors import ConfigError, CorruptDataError
 from attngraft.train import checkpoint as train_checkpoint
+from attngraft.validation import read_yaml
 
 # The data settings that decide what the network sees; loader and training settings do not matter here.
 DATA_KEYS = ("dataset", "data_dir", "image_size", "channels", "normalize", "val_size", "test_size", "split_seed")
@@ -75,11 +75,8 @@ def data_settings(config: str | Path | None, checkpoint: str | Path) -> dict[str
     path = Path(config) if config is not None else Path(checkpoint).parent.parent / "config.yaml"
     if config is None and not path.is_file():
         return {}
-    try:
-        content = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"config {path}: cannot read it: {error}") from None
-    data = (content or {}).get("data", {}) if isinstance(content, Mapping) else None
+    content = read_yaml(path, "config")
+    data = content.get("data", {}) if isinstance(content, Mapping) else None
     if isinstance(data, Mapping) and isinstance(data.get("init_args"), Mapping):
         data = data["init_args"]
     if not isinstance(data, Mapping):

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from attngraft.errors import SpecError
@@ -59,6 +58,7 @@ from attngraft.grafting.model import GraftedModel
 from attngraft.grafting.replace import replace_convolutions
 from attngraft.grafting.weights import imagenet_weights, load_weights, read_state_dict
 from attngraft.recipes import find_recipe
+from attngraft.validation import read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -72,16 +72,7 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     :func:`attngraft.recipes.find_recipe`).
     """
     path = find_recipe(path)
-    try:
-        content = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise SpecError(f"cannot read graft spec {path}: {error.strerror}") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"graft spec {path} is not a text (YAML) file") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise SpecError(f"graft spec {path} is not valid YAML: {getattr(error, 'problem', error)}{where}") from None
+    content = read_yaml(path, "graft spec", error=SpecError)
     try:
         return check_spec(content)
     except SpecError as error:

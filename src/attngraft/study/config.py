@@ -41,11 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from attngraft.errors import ConfigError, UnknownNameError
 from attngraft.recipes import find_recipe, packaged_directory
 from attngraft.registry import unknown_name_message
+from attngraft.validation import read_yaml
 
 STUDY_KEYS = ("description", "data", "training", "trainer", "measure", "explain", "datasets", "profiles", "cells")
 EXPLAIN_KEYS = ("images", "method")
@@ -210,10 +209,7 @@ def load_study(name: str, profile: str = "quick", overrides: Mapping[str, Any] |
         ConfigError: For anything missing, unknown or of the wrong type, naming the file and the key.
     """
     path = find_study(name)
-    try:
-        content = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"cannot read study file {path}: {error}") from None
+    content = read_yaml(path, "study file")
     return resolve_study(content, name=path.stem, profile=profile, source=path, overrides=overrides)
 
 

@@ -248,12 +248,26 @@ def plot_costs(rows: Sequence[dict[str, Any]], path: Path, budget_mib: float) ->
     time_axes.set(ylabel="ms", title="one layer, forward + backward, measured")
     all_sides = sorted({row["side"] for row in rows})
     for axes in (matrix_axes, memory_axes, time_axes):
-        axes.set(xscale="log", yscale="log", xlabel="image side R (pixels)")
+        axes.set(xlabel="image side R (pixels)")
+        axes.grid(True, alpha=0.3)
+        if not _has_positive_data(axes):  # nothing measured (or only zeros): a log scale has nothing to show
+            axes.text(0.5, 0.5, "nothing to show on a log scale", ha="center", va="center", transform=axes.transAxes)
+            continue
+        axes.set(xscale="log", yscale="log")
         axes.set_xticks(all_sides, [str(side) for side in all_sides])
         axes.minorticks_off()
-        axes.grid(True, alpha=0.3)
     matrix_axes.legend(fontsize=8)
     save_figure(figure, path)
+
+
+def _has_positive_data(axes: Any) -> bool:
+    """Whether any line of ``axes`` (the budget line aside) has a point with positive x and y."""
+    for line in axes.get_lines():
+        if line.get_label() == "budget":
+            continue
+        if any(x > 0 and y > 0 for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True)):
+            return True
+    return False
 
 
 def write_cost_report(

@@ -97,17 +97,9 @@ def run_study(study: Study, options: StudyOptions) -> list[dict[str, Any]]:
         DataNotFoundError: When a required dataset's files are not found.
     """
     out = options.out or default_directory(study)
-    datasets, skipped = available_datasets(study, options.data_dir)
-    if not datasets:
-        raise DataNotFoundError(f"study {study.name}: none of its datasets is here ({', '.join(skipped)})")
-    runs = study.runs(datasets, options.cells)
-    if options.data_dir is not None:
-        runs = [_with_data_dir(run, options.data_dir) for run in runs]
+    runs, skipped = _runs(study, options)
     _check_directory(out, options.resume)
-    weights = options.backbone_weights
-    if weights is not None and weights != "imagenet" and not Path(weights).is_file():
-        raise ConfigError(f"--backbone-weights: no file at {options.backbone_weights} (or use 'imagenet')")
-    weights_file = weights if weights not in (None, "imagenet") else None  # checked with the first pretrained cell
+    weights_file = _weights_file(options)
     out.mkdir(parents=True, exist_ok=True)
     started = _now()
     write_text(out / "config.yaml", yaml.safe_dump(study.resolved, sort_keys=False))
@@ -118,17 +110,68 @@ def run_study(study: Study, options: StudyOptions) -> list[dict[str, Any]]:
     feature_store: dict[str, FeatureDataset] = {}
     with _study_logging(out / "study.log"), _progress(len(runs), options.progress) as bar:
         logger.info("study %s, profile %s: %d runs into %s", study.name, study.profile, len(runs), out)
-        checked_weights = False
-        for run in {(run.dataset, run.cell.name): run for run in runs}.values():
-            check_weights = weights_file is not None and run.cell.pretrained is not None and not checked_weights
-            check_run(run, weights_file if check_weights else None)
-            checked_weights = checked_weights or check_weights
+        _check_runs(runs, weights_file)
         for run in runs:
             bar.set_description(run.key)
             rows.append(_run_once(study, run, out, options, feature_store))
             _write_results(study, out, rows, info, runs, complete=options.cells is None)
             bar.update(1)
     return rows
+
+
+def plan_study(study: Study, options: StudyOptions) -> list[Run]:
+    """The runs :func:`run_study` would make, after the same checks of every cell's settings; nothing is written.
+
+    Raises:
+        ConfigError: For the first invalid setting of any cell, or unusable ``--backbone-weights``.
+        DataNotFoundError: When a required dataset's files are not found.
+    """
+    runs, _ = _runs(study, options)
+    with _setup_logs_off():
+        _check_runs(runs, _weights_file(options))
+    return runs
+
+
+@contextmanager
+def _setup_logs_off() -> Iterator[None]:
+    """Lightning's per-Trainer banners and the data modules' "found in" lines off (warnings still show)."""
+    loggers = [logging.getLogger(name) for name in ("lightning", "lightning.pytorch", "lightning.fabric", "attngraft")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
+
+
+def _runs(study: Study, options: StudyOptions) -> tuple[list[Run], list[str]]:
+    """The runs over the datasets that are here, and the names of the optional datasets skipped."""
+    datasets, skipped = available_datasets(study, options.data_dir)
+    if not datasets:
+        raise DataNotFoundError(f"study {study.name}: none of its datasets is here ({', '.join(skipped)})")
+    runs = study.runs(datasets, options.cells)
+    if options.data_dir is not None:
+        runs = [_with_data_dir(run, options.data_dir) for run in runs]
+    return runs, skipped
+
+
+def _weights_file(options: StudyOptions) -> str | None:
+    """``--backbone-weights`` when it is a file (checked to exist), else None."""
+    weights = options.backbone_weights
+    if weights is not None and weights != "imagenet" and not Path(weights).is_file():
+        raise ConfigError(f"--backbone-weights: no file at {options.backbone_weights} (or use 'imagenet')")
+    return weights if weights not in (None, "imagenet") else None
+
+
+def _check_runs(runs: list[Run], weights_file: str | None) -> None:
+    """Builds every cell once (per dataset) without training; the first pretrained one with ``weights_file``."""
+    checked_weights = False
+    for run in {(run.dataset, run.cell.name): run for run in runs}.values():
+        check_weights = weights_file is not None and run.cell.pretrained is not None and not checked_weights
+        check_run(run, weights_file if check_weights else None)
+        checked_weights = checked_weights or check_weights
 
 
 def _run_once(
