@@ -112,6 +112,9 @@ def test_bad_requests_are_named(grafted: nn.Module, tmp_path: Path, monkeypatch:
         export_model(grafted, tmp_path / "m.onnx", format="onnx", images=images)
     with pytest.raises(ConfigError, match="no such directory"):
         load_network(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=r"cannot run on check images of shape \(3, 28, 28\) \(C, H, W\): "):
+        export_model(grafted, tmp_path / "m.pt", format="torchscript", images=torch.zeros(2, 3, 28, 28))
+    assert not (tmp_path / "m.pt").exists()
 
 
 def test_cli_exports_a_saved_model_and_a_checkpoint(
@@ -144,3 +147,5 @@ def test_cli_exports_a_saved_model_and_a_checkpoint(
             assert (torch.jit.load(str(tmp_path / out))(batch) - expected).abs().max() <= 1e-5
     assert main(["export", str(tmp_path / "nowhere"), "--format", "onnx", "--out", str(tmp_path / "x.onnx")]) == 2
     assert "no such directory (attngraft.save) or checkpoint file" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "saved"), "--format", "exported", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert f"--out {tmp_path / 'm.onnx'}: expected a .pt2 file for --format exported" in capsys.readouterr().err

@@ -177,8 +177,14 @@ def export_model(
         raise ConfigError(f"--out {out}: torch.export.load reads only .pt2 files; name it {out.stem}.pt2")
     model = model.eval()
     checks = (images, images[:1])
-    with torch.no_grad():
-        expected = [model(batch) for batch in checks]  # eager first: it also fills the blocks' shape caches
+    try:
+        with torch.no_grad():
+            expected = [model(batch) for batch in checks]  # eager first: it also fills the blocks' shape caches
+    except RuntimeError as error:  # e.g. images smaller than a kernel, or of other channels than the model's
+        reason = str(error).strip().splitlines()[0]
+        raise ConfigError(
+            f"the model cannot run on check images of shape {tuple(images.shape[1:])} (C, H, W): {reason}"
+        ) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as staging:
         temporary = Path(staging) / out.name  # the exporters and loaders see the file's real name and suffix

@@ -268,3 +268,33 @@ def test_a_train_size_beyond_the_data_is_warned(tmp_path: Path, caplog: pytest.L
     module.setup("fit")
     assert len(module.splits["train"]) == 30
     assert "data.train_size 500: only 30 training images are left" in caplog.text
+
+
+def test_a_failed_download_says_what_to_do_without_a_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+
+    source = get_dataset_spec("cifar10").source
+
+    def offline(root: Path) -> None:
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(source, "download", offline)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(
+        DataNotFoundError, match=r"the download into .* failed \(\[Errno -2\] Name or service not known\)"
+    ):
+        locate_dataset("cifar10", data_dir=tmp_path / "empty", download=True)
+
+
+@pytest.mark.parametrize("layout", ["flat", "train/test"])
+def test_an_image_folder_of_one_class_is_warned(tmp_path: Path, layout: str, caplog: pytest.LogCaptureFixture) -> None:
+    from .fixtures import write_class_folders
+
+    root = tmp_path / "pets"
+    if layout == "flat":
+        write_class_folders(root, {"cat": 3})
+    else:
+        write_class_folders(root / "train", {"cat": 3})
+        write_class_folders(root / "test", {"cat": 1})
+    locate_dataset("imagefolder", data_dir=root)
+    assert "one class folder (cat/): a classifier needs at least two" in caplog.text

@@ -182,7 +182,14 @@ def locate_dataset(name: str, data_dir: str | Path | None = None, download: bool
             return located
     if download and spec.can_download:
         logger.info("%s: downloading into %s", name, cache_dir())
-        spec.source.download(cache_dir())
+        try:
+            spec.source.download(cache_dir())
+        except (OSError, RuntimeError) as error:  # no network (URLError is an OSError), a failed checksum
+            reason = " ".join(str(getattr(error, "reason", None) or error).split())
+            raise DataNotFoundError(
+                f"dataset {name!r}: the download into {cache_dir()} failed ({reason}); without internet, copy its "
+                f"files ({spec.source.expected_layout()}) into a folder and give it with --data-dir"
+            ) from None
         located = spec.source.find(cache_dir(), name)
         if located is not None:
             return located

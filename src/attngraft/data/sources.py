@@ -383,6 +383,7 @@ def folder_layout(folder: Path) -> str | None:
         return None
     splits = ImageFolderSource.SPLITS
     if not all(split in folders and class_folders(folder / split) for split in splits):
+        _check_classes(folder, folders)
         return "flat"
     others = [name for name in folders if name not in splits]
     if others:
@@ -390,4 +391,15 @@ def folder_layout(folder: Path) -> str | None:
             f"{folder}: train/ and test/ split folders beside other folders ({', '.join(others)}); an image folder "
             "holds either train/<class>/ and test/<class>/, or only <class>/ folders"
         )
+    _check_classes(folder / "train", class_folders(folder / "train"))
     return "train/test"
+
+
+def _check_classes(folder: Path, classes: list[str]) -> None:
+    if len(classes) < 2:
+        logger.warning(
+            "%s: one class folder (%s/): a classifier needs at least two (one folder of images per class); with "
+            "one, every prediction is right",
+            folder,
+            classes[0],
+        )
