@@ -258,3 +258,16 @@ def test_options_that_disagree_with_the_checkpoint_are_not_silently_replaced(
     assert "drop the option to use the checkpoint's" in error
     assert main(["test", "--config", recipe, "--model.lr", "0.5", "--ckpt_path", "last"]) == 0
     assert "the checkpoint's settings are used: model.lr 0.001 (not 0.5)" in caplog.text
+
+
+def test_no_validation_set_and_unbounded_epochs_with_a_step_limit_work(
+    write_recipe, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    stop = {"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {"monitor": "val_acc"}}
+    recipe = str(write_recipe("no_val", trainer={"max_epochs": -1, "max_steps": 3, "callbacks": [stop]}))
+    assert main(["fit", "--config", recipe, "--data.val_size", "0"]) == 0
+    checkpoints = tmp_path / "runs" / "no_val" / "version_0" / "checkpoints"
+    assert [path.name for path in checkpoints.iterdir()] == ["last.ckpt"]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert "data.val_size 0: no validation, so EarlyStopping(monitor=val_acc) is off" in caplog.text

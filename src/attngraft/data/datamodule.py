@@ -258,8 +258,10 @@ class ImageDataModule(L.LightningDataModule):
         """Shuffled training batches."""
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
-        """Validation batches in a fixed order."""
+    def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]] | list[Any]:
+        """Validation batches in a fixed order; none (an empty list: Lightning skips validation) with val_size 0."""
+        if "val" in self.splits and len(self.splits["val"]) == 0:  # type: ignore[arg-type]
+            return []
         return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
@@ -273,7 +275,7 @@ class ImageDataModule(L.LightningDataModule):
 
 def _as_count(size: int | float | None) -> int | float | None:
     """A count written as a float (YAML or a command line: ``5000.0``) becomes an int; fractions stay."""
-    if isinstance(size, float) and size.is_integer() and size >= 1:
+    if isinstance(size, float) and size.is_integer() and size >= 0:  # 0.0 too: no validation images
         return int(size)
     return size
 

@@ -121,6 +121,8 @@ class AttngraftCLI(LightningCLI):
         if settings.get("data.normalize") == "auto":
             imagenet = starts_from_imagenet(settings.get("model.network"))
             settings["data.normalize"] = resolve_normalization("auto", imagenet_weights=imagenet)
+        if settings.get("data.val_size") == 0:
+            _without_validation(settings)
         if not hasattr(self, "_resumed_version"):  # a Lightning without _parse_ckpt_path
             self._resolve_checkpoint(settings)
 
@@ -177,6 +179,31 @@ class AttngraftCLI(LightningCLI):
     def _settings(self) -> Any:
         """The parsed settings of the running command."""
         return self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+
+
+def _without_validation(settings: Any) -> None:
+    """``data.val_size 0`` trains without validation: what monitors a validation metric is turned off, and said so.
+
+    The best-``val_acc`` checkpoint keeps nothing (``last.ckpt`` is still written); callbacks in ``trainer.callbacks``
+    that monitor a ``val_`` metric (EarlyStopping in the recipes) are removed.
+    """
+    settings["checkpoint.save_top_k"] = 0
+    callbacks = settings.get("trainer.callbacks") or []
+    kept = [callback for callback in callbacks if not _monitors_validation(callback)]
+    for callback in callbacks:
+        if _monitors_validation(callback):
+            logger.warning(
+                "data.val_size 0: no validation, so %s(monitor=%s) is off",
+                str(callback.class_path).rpartition(".")[2],
+                callback.init_args.monitor,
+            )
+    settings["trainer.callbacks"] = kept
+    logger.warning("data.val_size 0: no validation; only last.ckpt is kept (no best-val_acc checkpoint)")
+
+
+def _monitors_validation(callback: Any) -> bool:
+    monitor = getattr(getattr(callback, "init_args", None), "monitor", None)
+    return isinstance(monitor, str) and monitor.startswith("val_")
 
 
 # Model options that make another network: given unlike the checkpoint's, they are an error, not silently replaced.

@@ -33,6 +33,7 @@ _REPEATING = ("lightning.", "attngraft.data.")
 UNACTIONABLE_WARNINGS = (
     r"Checkpoint directory .* exists and is not empty",  # a resumed run writes into its own directory again
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # inside Lightning
+    r"Total length of `list` across ranks is zero",  # data.val_size 0: no validation loader, on purpose
 )
 """Warnings of Lightning's that users cannot act on in an attngraft run."""
 
