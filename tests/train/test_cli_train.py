@@ -71,6 +71,16 @@ def test_ckpt_path_last_without_a_checkpoint_is_an_error(write_recipe, tmp_path:
         (["--model.lr", "-0.1"], "model.lr -0.1: expected a positive number"),
         (["--data.batch_size", "0"], "data.batch_size 0: expected a positive integer"),
         (["--model.network", "resnet19"], "unknown model 'resnet19'"),
+        (
+            ["--model.network", "{name: vit, num_heads: 5}"],
+            "model.network options for vit {'num_heads': 5}: MultiHeadSelfAttention: dim=64 is not divisible",
+        ),
+        (["--model.network", "{name: vit, patch_size: 5}"], "patch_size 5 must divide img_size 28"),
+        (["--data.image_size", "0"], "data.image_size 0: expected a positive integer"),
+        (["--data.channels", "0"], "data.channels 0: expected 1 (grey) or 3 (RGB)"),
+        (["--data.val_size", "60000"], "data.val_size 60000: expected a count in [0, 60000) or a fraction in (0, 1)"),
+        (["--data.val_size", "1.5"], "data.val_size 1.5: expected a count >= 0 or a fraction in (0, 1)"),
+        (["--data.data_dir", "/nonexistent"], "data_dir /nonexistent is not a directory"),
     ],
 )
 def test_invalid_values_exit_2_naming_the_key(

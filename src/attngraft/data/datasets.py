@@ -297,7 +297,7 @@ def _split(
     """Item indices of ``train`` and the held-out splits of ``sizes``."""
     try:
         if not spec.stratify:
-            train, val = split_indices(len(dataset), sizes["val"], seed)
+            train, val = split_indices(len(dataset), sizes["val"], seed, what="data.val_size")
             return {"train": train, "val": val}
         return stratified_split(
             dataset.targets,
@@ -306,5 +306,7 @@ def _split(
             where=str(getattr(dataset, "root", where)),
             class_names=dataset.classes,
         )
+    except ConfigError:
+        raise
     except ValueError as error:
         raise ConfigError(f"data: {error}") from None

@@ -7,25 +7,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from attngraft import validation
 from attngraft.data.shuffle import SeededShuffler, seeded_permutation
 
 
-def split_indices(num_items: int, val_size: int | float, seed: int) -> tuple[list[int], list[int]]:
+def split_indices(
+    num_items: int, val_size: int | float, seed: int, *, what: str = "val_size"
+) -> tuple[list[int], list[int]]:
     """Deterministically splits ``range(num_items)`` into (train, val) index lists of a seeded permutation.
 
     Args:
         num_items: Size of the official training set.
-        val_size: Number of validation items, or a fraction in (0, 1) of ``num_items``.
+        val_size: Number of validation items (0 allowed), or a fraction in (0, 1) of ``num_items``.
         seed: Seed of the permutation.
+        what: How errors name ``val_size`` (e.g. ``data.val_size``).
+
+    Raises:
+        ConfigError: For a size that is not a count below ``num_items`` or a fraction in (0, 1).
     """
-    if isinstance(val_size, float):
-        if not 0.0 < val_size < 1.0:
-            raise ValueError(f"a fractional val_size must be in (0, 1), got {val_size}")
-        val_size = round(val_size * num_items)
-    if not 0 <= val_size < num_items:
-        raise ValueError(f"val_size must be in [0, {num_items}) for a training set of {num_items}, got {val_size}")
+    size = validation.fraction_or_count(val_size, what, total=num_items)
+    count = round(size * num_items) if isinstance(size, float) else size
     order = seeded_permutation(num_items, seed)
-    return order[val_size:], order[:val_size]
+    return order[count:], order[:count]
 
 
 def held_out_count(size: int | float, num_items: int, key: str) -> int:

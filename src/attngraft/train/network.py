@@ -21,6 +21,7 @@ from attngraft.grafting.backbone import create_backbone
 from attngraft.grafting.spec import check_spec
 from attngraft.models import create_model
 from attngraft.saving import describe
+from attngraft.validation import show
 
 NetworkConfig = str | Mapping[str, Any]
 # What ImageClassifier takes: a description, a spec file path, or the module itself.
@@ -63,8 +64,11 @@ def build_network(
     options = {key: value for key, value in network.items() if key != "name"}
     try:
         return create_model(network["name"], num_classes=num_classes, in_chans=in_chans, **options)
-    except TypeError as error:
-        raise ConfigError(f"model.network options for {network['name']}: {error}") from None
+    except AttngraftError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as error:  # an option the model cannot take (num_heads 5 of 64)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"model.network options for {network['name']} {show(options)}: {reason}") from None
 
 
 def _build_spec(
