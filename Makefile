@@ -44,13 +44,13 @@ test-all: setup  ## includes the slow tests
 	$(BIN)/python -m pytest -m ''
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/mypy
 
 format: setup
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks scripts
+	$(BIN)/ruff format src tests benchmarks scripts
 
 lock: setup  ## re-pin the exact versions of the current .venv
 	{ echo '# Exact versions of the tested stack, used by `make setup` (pip install -c). Regenerate with `make lock`.'; \

@@ -522,6 +522,8 @@ def _run_training(command: str, args: Sequence[str], *, verbose: bool = False) -
         return _lightning(command, args)
     except AttngraftError as error:
         return _user_error(command, error, verbose=verbose)
+    except OSError as error:  # the file system said no (permissions, a read-only place, a vanished file)
+        return _user_error(command, _os_error(error), verbose=verbose)
 
 
 def _lightning(command: str, args: Sequence[str]) -> int:
@@ -552,6 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except AttngraftError as error:
         return _user_error(args.command, error, verbose=args.verbose)
+    except OSError as error:  # the file system said no (permissions, a read-only place, a vanished file)
+        return _user_error(args.command, _os_error(error), verbose=args.verbose)
 
 
 def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
@@ -560,6 +564,14 @@ def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> arg
         if isinstance(action, argparse._SubParsersAction) and command in action.choices:
             return action.choices[command]
     return parser
+
+
+def _os_error(error: OSError) -> AttngraftError:
+    """An operating-system error as a user error naming the path and the reason."""
+    place = f"{error.filename}: " if error.filename else ""
+    user_error = AttngraftError(f"{place}{error.strerror or error}")
+    user_error.__cause__ = error
+    return user_error
 
 
 def _user_error(command: str, error: AttngraftError, *, verbose: bool) -> int:
