@@ -18,7 +18,11 @@ def test_fractional_split() -> None:
     assert len(split_indices(50, 0.2, seed=0)[1]) == 10
 
 
-@pytest.mark.parametrize("val_size", [-1, 100, 1.5, 0.0])
+def test_no_validation_items() -> None:
+    assert split_indices(50, 0, seed=0) == (seeded_permutation(50, 0), [])
+
+
+@pytest.mark.parametrize("val_size", [-1, 100, 1.5, 0.5001 + 1, "10"])
 def test_invalid_val_size(val_size: float) -> None:
     with pytest.raises(ValueError, match="val_size"):
         split_indices(100, val_size, seed=0)

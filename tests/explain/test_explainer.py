@@ -76,7 +76,7 @@ def test_explain_per_class_grids_and_image_files(trained_run: Path, tmp_path: Pa
         (["--images", "0"], "--images 0: expected a positive integer"),
         (["--steps", "100000"], "--steps 100000: expected at most 4,096"),
         (["--out", "rgb.yaml"], "--out rgb.yaml: an existing file, expected a directory"),
-        (["--config", "missing.yaml"], "config missing.yaml: cannot read it"),
+        (["--config", "missing.yaml"], "config missing.yaml: no such file"),
         (["--paths", "missing.png"], "image missing.png: cannot read it"),
         (["--per-class", "2", "--images", "3"], "--per-class picks test images itself"),
         (["--config", "rgb.yaml"], "trained on 1-channel images of 10 classes, but the data of rgb.yaml"),
