@@ -225,6 +225,21 @@ CASES: tuple[Case, ...] = (
         "patch_size 5 must divide img_size 28",
         training=True,
     ),
+    Case(
+        "training setting",
+        ("fit", "--config", RECIPE, *TINY, "--model.network", "hybrid_vit", "--data.image_size", "4"),
+        "model.network cannot run on the data's 1x4x4 images (data.image_size)",
+        training=True,
+    ),
+    Case(
+        "training setting",
+        ("fit", "--config", RECIPE, *TINY, "--run_name", "../elsewhere"),
+        "--run_name '../elsewhere': expected a folder name under runs/",
+        training=True,
+    ),
+    Case("file", ("fit", "--config", "{tmp}/latin1.yaml"), "--config {tmp}/latin1.yaml: not UTF-8 text", training=True),
+    Case("file", ("fit", "--config", "{tmp}/empty.yaml"), "--config {tmp}/empty.yaml: an empty file", training=True),
+    Case("file", ("fit", "--config", "{tmp}/list.yaml"), "expected a mapping of sections", training=True),
     # --- output paths -------------------------------------------------------------------------------------------
     Case(
         "output path", ("cost", "--out", "{tmp}/a_file"), "--out {tmp}/a_file: an existing file, expected a directory"

@@ -13,11 +13,12 @@ A local file always wins over a packaged one of the same name, so a user's edite
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
 
 from attngraft.errors import ConfigError
+from attngraft.validation import read_yaml
 
 SUFFIXES = (".yaml", ".yml")
 CONFIG_OPTIONS = ("--config", "-c")
@@ -75,10 +76,12 @@ def recipe_arguments(arguments: Sequence[str]) -> list[str]:
         if value.lstrip().startswith("{") or "\n" in value:
             continue
         found = find_recipe(value)
-        if not found.is_file():
+        if not found.exists():
             raise ConfigError(
                 f"{option} {value}: no such file, and no packaged recipe of that name; "
                 f"packaged recipes: {', '.join(list_recipes())}"
             )
+        if not isinstance(read_yaml(found, option), Mapping):  # empty, not UTF-8, not YAML: one line each
+            raise ConfigError(f"{option} {found}: expected a mapping of sections (model, data, trainer, ...)")
         resolved[target] = f"{option}={found}" if equals else str(found)
     return resolved

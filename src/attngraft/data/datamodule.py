@@ -213,6 +213,15 @@ class ImageDataModule(L.LightningDataModule):
         return len(self.classes)
 
     @property
+    def input_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) of the images the loaders give, when every image has it (None: sizes vary)."""
+        if self.image_size is not None:
+            return (self.num_channels, self.image_size, self.image_size)
+        if self.spec.image_shape is not None:
+            return (self.num_channels, *self.spec.image_shape[1:])
+        return None
+
+    @property
     def num_channels(self) -> int:
         """Channels of the images the loaders give (after any conversion)."""
         return self.channels if self.channels is not None else self.spec.channels

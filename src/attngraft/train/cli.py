@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -257,7 +258,10 @@ def _plain(value: Any) -> Any:
 def _run_name(settings: Any) -> str:
     """``--run_name``, else the first recipe's file name, else "default"."""
     if settings.get("run_name"):
-        return str(settings["run_name"])
+        name = str(settings["run_name"])
+        if name in (".", "..") or "/" in name or "\\" in name:
+            raise ConfigError(f"--run_name {name!r}: expected a folder name under runs/ (no '/', not '.' or '..')")
+        return name
     recipes = settings.get("config") or []
     return Path(str(recipes[0])).stem if recipes else "default"
 
@@ -277,9 +281,12 @@ def run_lightning(command: str, args: Sequence[str]) -> int:
     args = recipe_arguments(args)  # --config NAME: a local file, else a packaged recipe (attngraft.recipes)
     with warnings.catch_warnings(), quiet_console():  # the resolved arguments differ from sys.argv on purpose
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
-        if command == "lr-find":
-            return lr_find(args)
-        AttngraftCLI([command, *args])
+        try:
+            if command == "lr-find":
+                return lr_find(args)
+            AttngraftCLI([command, *args])
+        except MisconfigurationException as error:  # Lightning's word for a bad setting (no GPU, a missing metric)
+            raise ConfigError(" ".join(str(error).split())) from None
     return 0
 
 

@@ -203,6 +203,32 @@ class ImageClassifier(L.LightningModule):
         collection = cast(MetricCollection, self.metrics["train_metrics"])
         return {**dict(collection.items(keep_base=True)), "train_loss": cast(Metric, self.metrics["train_loss"])}
 
+    @override
+    def setup(self, stage: str) -> None:
+        """Runs the network once on a blank image of the data's shape, so a misfit fails now with a clear message.
+
+        Without this a network that cannot take the data's images (a 3x3 kernel on 1x1 maps, a pooling to nothing)
+        would fail in the middle of the first step, with PyTorch's words.
+        """
+        shape = getattr(getattr(self.trainer, "datamodule", None), "input_shape", None)
+        if shape is None:
+            return
+        parameter = next(self.network.parameters(), None)
+        blank = torch.zeros(1, *shape, device=parameter.device if parameter is not None else None)
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            with torch.no_grad():
+                self.network(blank)
+        except RuntimeError as error:
+            reason = str(error).strip().splitlines()[0]
+            size = "x".join(map(str, shape))
+            raise ConfigError(
+                f"model.network cannot run on the data's {size} images (data.image_size): {reason}"
+            ) from None
+        finally:
+            self.network.train(was_training)
+
     # --- frozen-feature caching -------------------------------------------------------------------------------
 
     def feature_split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module] | str:
