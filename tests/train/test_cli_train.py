@@ -268,6 +268,12 @@ def test_options_that_disagree_with_the_checkpoint_are_not_silently_replaced(
     assert "drop the option to use the checkpoint's" in error
     assert main(["test", "--config", recipe, "--model.lr", "0.5", "--ckpt_path", "last"]) == 0
     assert "the checkpoint's settings are used: model.lr 0.001 (not 0.5)" in caplog.text
+    capsys.readouterr()
+    # A recipe that names the default network explicitly is the user's choice too.
+    other = write_recipe("other", model={"network": "resnet18"}, trainer={"limit_test_batches": 2})
+    checkpoint = tmp_path / "runs" / "agree" / "version_0" / "checkpoints" / "last.ckpt"
+    assert main(["test", "--config", str(other), "--ckpt_path", str(checkpoint)]) == 2
+    assert "model.network 'resnet18': expected the checkpoint's 'mnist_cnn'" in capsys.readouterr().err
 
 
 def test_no_validation_set_and_unbounded_epochs_with_a_step_limit_work(

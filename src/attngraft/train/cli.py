@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
@@ -50,6 +51,7 @@ class AttngraftCLI(LightningCLI):
     ) -> None:
         words = list(args) if args is not None else sys.argv[1:]
         self._command = words[0] if run and words else None
+        self._words = words
         super().__init__(
             ImageClassifier,
             ImageDataModule,
@@ -134,7 +136,8 @@ class AttngraftCLI(LightningCLI):
         settings = self.config[subcommand] if subcommand else self.config
         content = self._resolve_checkpoint(settings)
         if content is not None:
-            check_agreement(settings.get("model"), content.get("hyper_parameters"), settings["ckpt_path"])
+            explicit = given_model_keys(self._words)
+            check_agreement(settings.get("model"), content.get("hyper_parameters"), settings["ckpt_path"], explicit)
         super()._parse_ckpt_path()
 
     def _resolve_checkpoint(self, settings: Any) -> Mapping[str, Any] | None:
@@ -211,12 +214,13 @@ def _monitors_validation(callback: Any) -> bool:
 NETWORK_OPTIONS = ("network", "num_classes", "in_chans", "teacher", "distillation")
 
 
-def check_agreement(model: Any, saved: Any, checkpoint: str) -> None:
+def check_agreement(model: Any, saved: Any, checkpoint: str, explicit: set[str] | None = None) -> None:
     """Refuses model options that disagree with the checkpoint's; warns of other settings the checkpoint overrides.
 
-    LightningCLI replaces the model section with the checkpoint's hyperparameters. An option left at its default
-    is not the user's choice and is replaced quietly; a network option given explicitly and differently is an error;
-    other options given differently (``lr``...) are named in a warning, as the checkpoint's values are used.
+    LightningCLI replaces the model section with the checkpoint's hyperparameters. An option the user did not give
+    (not in ``explicit``, the keys of :func:`given_model_keys`; without it, an option left at its default) is
+    replaced quietly; a network option given differently is an error; other options given differently (``lr``...)
+    are named in a warning, as the checkpoint's values are used.
 
     Raises:
         ConfigError: Naming the option, the value given and the checkpoint's.
@@ -232,7 +236,8 @@ def check_agreement(model: Any, saved: Any, checkpoint: str) -> None:
         if key not in defaults or key not in given:
             continue
         mine, theirs = _plain(given[key]), _plain(value)
-        if mine is None or mine == _plain(defaults[key]) or mine == theirs:
+        chosen = key in explicit if explicit is not None else mine != _plain(defaults[key])
+        if mine is None or not chosen or mine == theirs:
             continue
         if key in NETWORK_OPTIONS:
             raise ConfigError(
@@ -242,6 +247,30 @@ def check_agreement(model: Any, saved: Any, checkpoint: str) -> None:
         replaced.append(f"model.{key} {show(theirs)} (not {show(mine)})")
     if replaced:
         logger.warning("%s: the checkpoint's settings are used: %s", checkpoint, ", ".join(replaced))
+
+
+def given_model_keys(words: Sequence[str]) -> set[str]:
+    """The ``model`` options a command line sets: ``--model.KEY`` words and the model sections of its recipes."""
+    keys: set[str] = set()
+    for index, word in enumerate(words):
+        option, _, value = word.partition("=")
+        if option.startswith("--model."):
+            keys.add(option.removeprefix("--model.").split(".")[0])
+        elif option in ("--config", "-c"):
+            path = value or (words[index + 1] if index + 1 < len(words) else "")
+            keys |= _recipe_model_keys(path)
+    return keys
+
+
+def _recipe_model_keys(path: str) -> set[str]:
+    try:
+        content = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return set()
+    model = content.get("model") if isinstance(content, Mapping) else None
+    if isinstance(model, Mapping) and isinstance(model.get("init_args"), Mapping):
+        model = model["init_args"]
+    return {str(key) for key in model} if isinstance(model, Mapping) else set()
 
 
 def _plain(value: Any) -> Any:
