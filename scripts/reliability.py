@@ -55,6 +55,7 @@ def _files(tmp: Path) -> None:
     (tmp / "empty_dir").mkdir()
     (tmp / "empty.ckpt").touch()
     (tmp / "random.ckpt").write_bytes(os.urandom(2048))
+    (tmp / "text.ckpt").write_text("this is not a checkpoint\n" * 20)
     torch.save({"w": torch.ones(2)}, tmp / "weights.ckpt")
     torch.save({"state_dict": {}, "global_step": 0, "hook": subprocess.Popen}, tmp / "code.ckpt")
     good = tmp / "good.ckpt"
@@ -119,6 +120,18 @@ CASES: tuple[Case, ...] = (
     Case("argument syntax", ("study", "graft", "--profil", "quick"), "unrecognized arguments: --profil quick"),
     Case("argument syntax", ("data", "--val-size", "-2"), "argument --val-size: '-2': expected a count >= 0"),
     Case("argument syntax", ("nope",), "argument COMMAND: invalid choice: 'nope'"),
+    Case(
+        "argument syntax",
+        ("fit", "--config", RECIPE, "--trainer.max_epoch", "3"),
+        "attngraft fit: error: unrecognized arguments: --trainer.max_epoch 3",
+        training=True,
+    ),
+    Case(
+        "argument syntax",
+        ("fit", "--config", RECIPE, "--model.lr", "fast"),
+        "model.lr",
+        training=True,
+    ),
     Case("argument syntax", ("study", "graft", "--set", "stage"), "--set 'stage': expected NAME=VALUE"),
     Case("argument syntax", ("study", "graft", "--set", "head_stage=[1,"), "the value is not YAML"),
     # --- numbers out of range, and bounds against absurd memory or time ----------------------------------------
@@ -178,6 +191,12 @@ CASES: tuple[Case, ...] = (
         "checkpoint",
         ("test", "--config", RECIPE, "--ckpt_path", "{tmp}/random.ckpt"),
         "random.ckpt is corrupt or not a torch file",
+        training=True,
+    ),
+    Case(
+        "checkpoint",
+        ("predict", "--config", RECIPE, "--ckpt_path", "{tmp}/text.ckpt"),
+        "text.ckpt is corrupt or not a torch file",
         training=True,
     ),
     Case(

@@ -78,7 +78,7 @@ def load_torch_file(path: Path, kind: str, *, mmap: bool = False) -> object:
         if mmap and "mmap can only be used" in str(error):  # the legacy (pre-zip) format cannot be mapped
             return load_torch_file(path, kind)
         raise WeightsError(f"{kind} {path} is corrupt or not a torch file: {_first_line(error)}") from None
-    except (EOFError, OSError, KeyError, ValueError, TypeError) as error:
+    except Exception as error:  # any other parse failure (EOFError, IndexError, KeyError...): not a torch file
         raise WeightsError(f"{kind} {path} is corrupt or not a torch file: {_first_line(error)}") from None
 
 

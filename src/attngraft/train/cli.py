@@ -11,7 +11,9 @@ checkpoint. Runs log to TensorBoard and CSV under ``runs/<run_name>/version_<n>/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
+import io
 import logging
 import sys
 import warnings
@@ -80,7 +82,17 @@ class AttngraftCLI(LightningCLI):
         The ``attngraft`` command hands LightningCLI its own arguments (after ``-v``, or after ``lr-find`` has taken
         its sweep options), so ``args`` and ``sys.argv`` both being set is expected, not a mistake.
         """
-        self.config = parser.parse_args(args)
+        errors = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(errors):
+                self.config = parser.parse_args(args)
+        except SystemExit as exited:
+            if exited.code in (0, None):
+                sys.stderr.write(errors.getvalue())
+                raise
+            sys.stderr.write(f"attngraft {self._command or 'lr-find'}: error: {_parser_error(errors.getvalue())}\n")
+            raise
+        sys.stderr.write(errors.getvalue())
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -183,6 +195,12 @@ class AttngraftCLI(LightningCLI):
     def _settings(self) -> Any:
         """The parsed settings of the running command."""
         return self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+
+
+def _parser_error(text: str) -> str:
+    """Jsonargparse's usage, tip and indented error lines as one line: what follows ``error:``, joined."""
+    _, marker, error = text.partition("error: ")
+    return " ".join(error.split()) if marker else " ".join(text.split()[-40:])
 
 
 def _without_validation(settings: Any) -> None:
