@@ -84,6 +84,7 @@ def test_paths_are_named_for_what_is_wrong_with_them(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is a file, so nothing can be written under it"):
         validation.output_path(tmp_path / "file" / "inside", "--out", directory=True)
     assert validation.output_path(tmp_path / "new" / "dir", "--out", directory=True) == tmp_path / "new" / "dir"
+    assert validation.output_path(tmp_path / "file", "--out", directory=False) == tmp_path / "file"  # replaced
 
 
 @pytest.mark.parametrize(

@@ -190,7 +190,7 @@ def output_path(path: str | Path, what: str, *, directory: bool, error: ErrorTyp
     parent = next((folder for folder in (path, *path.parents) if folder.exists()), Path("."))
     if parent != path and not parent.is_dir():
         raise error(f"{what} {path}: {parent} is a file, so nothing can be written under it")
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not os.access(parent, os.W_OK | (os.X_OK if parent.is_dir() else 0)):  # a file to replace needs no X bit
         raise error(f"{what} {path}: {parent} is not writable (permission denied)")
     return path
 

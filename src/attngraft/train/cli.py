@@ -161,6 +161,11 @@ class AttngraftCLI(LightningCLI):
         self._resumed_version: int | None = None
         self._resumed_step: int | None = None
         given = settings.get("ckpt_path")
+        if given is None and self._command in ("validate", "test", "predict"):
+            logger.warning(
+                "%s without --ckpt_path evaluates the network's fresh, untrained weights (give --ckpt_path last)",
+                self._command,
+            )
         if given is None or "://" in str(given):  # remote checkpoints: Lightning's own reader
             return None
         if given == "last":
