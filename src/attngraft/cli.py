@@ -294,11 +294,9 @@ def _run_cost(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from attngraft.export import dataset_images, export_model, load_network, random_images
+    from attngraft.export import check_destination, dataset_images, export_model, load_network, random_images
 
-    suffix = {"exported": ".pt2", "onnx": ".onnx"}.get(args.format)
-    if suffix is not None and Path(args.out).suffix != suffix:
-        raise ConfigError(f"--out {args.out}: expected a {suffix} file for --format {args.format}")
+    check_destination(args.out, args.format)  # before the model is loaded
     validation.integer(args.images, "--images", minimum=2)
     validation.at_most(args.images, "--images", MAX_CHECK_IMAGES, "they are checked in one batch")
     for option, value in (("--image-size", args.image_size), ("--in-chans", args.in_chans)):

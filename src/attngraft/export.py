@@ -145,6 +145,22 @@ def random_images(
     return torch.randn(count, channels, side, side, generator=torch.Generator().manual_seed(0))
 
 
+SUFFIXES = {"exported": ".pt2", "onnx": ".onnx"}  # torch.export.load reads only .pt2 files
+
+
+def check_destination(out: str | Path, format: str) -> Path:
+    """``out`` as a path, when its suffix is one ``format`` writes (any for torchscript).
+
+    Raises:
+        ConfigError: Naming the suffix the format needs.
+    """
+    out = Path(out)
+    suffix = SUFFIXES.get(format)
+    if suffix is not None and out.suffix != suffix:
+        raise ConfigError(f"--out {out}: expected a {suffix} file for --format {format}; name it {out.stem}{suffix}")
+    return out
+
+
 def export_model(
     model: nn.Module, out: str | Path, *, format: str, images: torch.Tensor, tolerance: float = TOLERANCE
 ) -> ExportReport:
@@ -172,9 +188,7 @@ def export_model(
         raise ConfigError(f"--format {format!r}: expected one of {list(FORMATS)}")
     if images.ndim != 4 or images.shape[0] < 2:
         raise ConfigError(f"export needs at least two check images (N, C, H, W), got {tuple(images.shape)}")
-    out = Path(out)
-    if format == "exported" and out.suffix != ".pt2":
-        raise ConfigError(f"--out {out}: torch.export.load reads only .pt2 files; name it {out.stem}.pt2")
+    out = check_destination(out, format)
     model = model.eval()
     checks = (images, images[:1])
     try:

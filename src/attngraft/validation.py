@@ -23,8 +23,10 @@ ErrorType = type[AttngraftError]
 
 def show(value: object) -> str:
     """A value as the user wrote it: numbers and paths plainly, strings quoted, anything else as its repr."""
-    if isinstance(value, bool) or value is None:
-        return str(value).lower() if value is not None else "null"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, int | float | Path):
         return str(value)
     return repr(value)

@@ -167,11 +167,10 @@ def _weights_file(options: StudyOptions) -> str | None:
 
 def _check_runs(runs: list[Run], weights_file: str | None) -> None:
     """Builds every cell once (per dataset) without training; the first pretrained one with ``weights_file``."""
-    checked_weights = False
-    for run in {(run.dataset, run.cell.name): run for run in runs}.values():
-        check_weights = weights_file is not None and run.cell.pretrained is not None and not checked_weights
-        check_run(run, weights_file if check_weights else None)
-        checked_weights = checked_weights or check_weights
+    cells = list({(run.dataset, run.cell.name): run for run in runs}.values())
+    first_pretrained = next((run for run in cells if run.cell.pretrained is not None), None)
+    for run in cells:
+        check_run(run, weights_file if run is first_pretrained else None)
 
 
 def _run_once(
