@@ -5,15 +5,18 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup data demo studies explain-demo test test-all lint format lock clean
+.PHONY: setup data kernels demo studies explain-demo test test-all lint format lock clean
 
-setup: $(STAMP) data  ## create .venv, install the pinned stack + attngraft (editable), install the dataset
+setup: $(STAMP) data kernels  ## create .venv, install the pinned stack + attngraft (editable), the dataset, the kernel
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[dev,export]'
 	touch $@
+
+kernels: $(STAMP)  ## compile the k×k attention kernel into its cache (~/.cache/attngraft/kernels; seconds, once)
+	$(BIN)/python -m attngraft.blocks.kernels build
 
 data:  ## the real default dataset (Fashion-MNIST) from the Debian package
 	@bash scripts/install-data.sh

@@ -12,7 +12,7 @@ runs it on ``images`` at two batch sizes and compares with the eager model; a di
 
 Grafted models export as they run: the inserted blocks' forward hooks run during tracing, so their operations are
 in the graph (the check would catch a graph without them), and k×k local attention takes its plain path while
-exporting (see :func:`attngraft.blocks.local.local_attention`).
+exporting (see :mod:`attngraft.blocks.kernels`).
 """
 
 from __future__ import annotations

@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attngraft.blocks import create_block, local, record_attention
-from attngraft.blocks.recording import AttentionProbe
+from attngraft.blocks import create_block, record_attention
+from attngraft.blocks.kernels import native
 
 from .conftest import randomise_parameters
+
+# The compiled kernel where it can be built here (a C++ compiler), and always the pure-PyTorch one.
+BACKENDS_HERE = ["native", "reference"] if native.available() else ["reference"]
 
 
 def sasa_loop(block, x: torch.Tensor) -> torch.Tensor:
@@ -57,79 +60,20 @@ def outputs_and_gradients(block: torch.nn.Module, x: torch.Tensor) -> list[torch
     return [out, inputs.grad, *(parameter.grad for parameter in block.parameters())]
 
 
-def test_batch_chunks_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+@pytest.mark.parametrize(("kernel_size", "size"), [(3, (4, 4)), (3, (2, 5)), (7, (4, 4)), (5, (7, 19)), (1, (2, 2))])
+def test_every_backend_gives_the_block_the_same_outputs_and_gradients(
+    backend: str, kernel_size: int, size: tuple[int, int]
+) -> None:
     torch.manual_seed(0)
-    block = create_block("local", 16, num_heads=2, kernel_size=5).double()
+    block = create_block("local", 8, num_heads=2, kernel_size=kernel_size).double()
     randomise_parameters(block)
-    # float64: chunking only reorders sums, so anything above rounding is a real mistake (float32 differs by ~1e-6 of
-    # the largest gradient, which a fixed tolerance cannot tell from an error on elements near zero).
-    x = torch.randn(3, 16, 11, 13, dtype=torch.float64)
-    results = []
-    for elements in (local.CHUNK_ELEMENTS, 1):  # one chunk, then one image per chunk
-        monkeypatch.setattr(local, "CHUNK_ELEMENTS", elements)
-        results.append(outputs_and_gradients(block, x))
-    for chunked, whole in zip(*results, strict=True):
-        torch.testing.assert_close(chunked, whole, atol=1e-11, rtol=1e-10)
-
-
-@pytest.mark.parametrize("dense", [False, True], ids=["windows", "dense"])
-@pytest.mark.parametrize("kernel_size", [3, 5])
-def test_backward_matches_numerical_gradients(kernel_size: int, dense: bool) -> None:
-    torch.manual_seed(0)
-    heads, head_dim = 2, 4
-    query, key, value = (torch.randn(2, heads, head_dim, 4, 5, dtype=torch.float64, requires_grad=True) for _ in "qkv")
-    rel_rows, rel_cols = (
-        torch.randn(heads, kernel_size, head_dim // 2, dtype=torch.float64, requires_grad=True) for _ in "rc"
-    )
-    probe = AttentionProbe()
-    assert torch.autograd.gradcheck(
-        lambda *inputs: local.local_attention(*inputs, probe, dense=dense), (query, key, value, rel_rows, rel_cols)
-    )
-
-
-@pytest.mark.parametrize(("kernel_size", "size"), [(3, (4, 4)), (3, (2, 5)), (7, (4, 4)), (5, (7, 9)), (1, (2, 2))])
-def test_dense_path_equals_the_window_path(kernel_size: int, size: tuple[int, int]) -> None:
-    torch.manual_seed(0)
-    heads, head_dim = 2, 4
-    inputs = [torch.randn(3, heads, head_dim, *size) for _ in "qkv"]
-    inputs += [torch.randn(heads, kernel_size, head_dim // 2) for _ in "rc"]
-    results = []
-    for dense in (False, True):
-        leaves = [tensor.clone().requires_grad_() for tensor in inputs]
-        out = local.local_attention(*leaves, AttentionProbe(), dense=dense)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results.append([out, *(leaf.grad for leaf in leaves)])
-    for windows, dense_result in zip(*results, strict=True):
-        torch.testing.assert_close(dense_result, windows, atol=1e-5, rtol=1e-4)
-
-
-def test_dense_path_trains_after_inference_at_the_same_shape(monkeypatch: pytest.MonkeyPatch) -> None:
-    original, calls = local.dense_local_attention, []
-
-    def counting(*inputs: torch.Tensor) -> torch.Tensor:
-        calls.append(inputs[0].shape)
-        return original(*inputs)
-
-    monkeypatch.setattr(local, "dense_local_attention", counting)
-    local._pair_offsets.cache_clear()
-    block = create_block("local", 16, num_heads=2, kernel_size=5)
-    x = torch.randn(2, 16, 3, 3)
-    with torch.inference_mode():
-        block(x)  # fills the offsets cache under inference mode
-    inputs = x.clone().requires_grad_()
-    block(inputs).sum().backward()  # the cached offsets must be usable by autograd
-    assert inputs.grad is not None
-    assert len(calls) == 2  # both calls took the dense path
-    with local.windows_only():
-        block(x)
-    assert len(calls) == 2
-
-
-def test_small_maps_take_the_dense_path() -> None:
-    assert local.dense_applies(4, 4, 3)
-    assert local.dense_applies(7, 7, 7)
-    assert not local.dense_applies(7, 7, 3)  # 49 pixels > 4 · 3²
-    assert not local.dense_applies(9, 9, 7)  # 81 pixels > DENSE_MAX_PIXELS
+    x = torch.randn(3, 8, *size, dtype=torch.float64)
+    with record_attention(block):  # the plain autograd path, which materialises the probabilities
+        expected = outputs_and_gradients(block, x)
+    block.backend = backend
+    for result, reference in zip(outputs_and_gradients(block, x), expected, strict=True):
+        torch.testing.assert_close(result, reference, atol=1e-12, rtol=1e-10)
 
 
 def test_pixels_outside_the_window_have_no_influence() -> None:
@@ -195,17 +139,21 @@ def test_invalid_options(options: dict[str, int], message: str) -> None:
         create_block("local", 16, **options)
 
 
-@pytest.mark.slow  # compiling the kernels takes ~40 s on a 2-core CPU
-def test_compiled_kernels_match_eager() -> None:
+def test_compiled_option_is_retired_with_a_warning_and_changes_nothing() -> None:
     torch.manual_seed(0)
-    eager = create_block("local", 8, num_heads=2, kernel_size=3)
-    randomise_parameters(eager)
-    compiled = create_block("local", 8, num_heads=2, kernel_size=3, compiled=True)
-    compiled.load_state_dict(eager.state_dict())
+    block = create_block("local", 8, num_heads=2, kernel_size=3)
+    with pytest.warns(FutureWarning, match="compiled=True is retired"):
+        retired = create_block("local", 8, num_heads=2, kernel_size=3, compiled=True)
+    retired.load_state_dict(block.state_dict())
     x = torch.randn(2, 8, 5, 6)
-    from_eager_all, from_compiled_all = (outputs_and_gradients(block, x) for block in (eager, compiled))
-    for from_compiled, from_eager in zip(from_compiled_all, from_eager_all, strict=True):
-        torch.testing.assert_close(from_compiled, from_eager, atol=1e-4, rtol=1e-4)  # Inductor uses fast-math
+    torch.testing.assert_close(retired(x), block(x))
+
+
+def test_unknown_backend_is_refused_with_the_valid_ones() -> None:
+    with pytest.raises(
+        ValueError, match=r"backend 'cuda' is not valid; choose one of \['native', 'reference', 'flex'\]"
+    ):
+        create_block("local", 8, num_heads=2, backend="cuda")
 
 
 def test_local_attention_trains_under_bf16_autocast() -> None:

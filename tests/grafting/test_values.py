@@ -224,7 +224,7 @@ def test_a_head_over_a_1x1_map_warns() -> None:
         (
             Replace(stages=["layer4"], kernal_size=3),
             r"replace in layer4: block 'local' has no option 'kernal_size' \(did you mean 'kernel_size'\?\); valid "
-            r"options: \['compiled', 'kernel_size', 'num_heads', 'qkv_bias'\]",
+            r"options: \['backend', 'compiled', 'kernel_size', 'num_heads', 'qkv_bias'\]",
         ),
         (
             Head("graph", stage="layer4", radious=1.5),

@@ -1,35 +1,22 @@
-"""Local relation layer (Hu et al. 2019, Local Relational Networks) and the SASA attention stem.
+"""Local relation layer (Hu et al. 2019, Local Relational Networks).
 
-Both aggregate each pixel's k×k neighbourhood with weights computed from the neighbours. The stem's logits and
-aggregation are those of ``local`` (shifted windows); the relation layer materialises the neighbourhood with
-``F.unfold`` (its keys are grouped scalars).
+Each pixel aggregates its k×k neighbourhood with weights from the appearance of the neighbours and their offset.
+The appearance term ``−(q − k)²`` expands to ``−q² + 2qk − k²``; ``−q²`` is the same for the whole window, so the
+softmax ignores it, and the rest is a 2-dim dot product ``[q, 1] · [2k, −k²]``. With the geometric prior as a
+per-offset logit term, the layer runs on the same k×k attention kernels as ``local``
+(:mod:`attngraft.blocks.kernels`), each channel group a head.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from typing_extensions import override
 
 from attngraft.blocks._ops import Block, check_odd
 from attngraft.blocks.factory import register_block
-from attngraft.blocks.local import (
-    aggregate,
-    border_bias,
-    check_local_heads,
-    logits,
-    record_windows,
-    relative_embeddings,
-)
+from attngraft.blocks.local import window_attention
 from attngraft.blocks.recording import AttentionProbe
-
-
-def neighbourhoods(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Every pixel's k×k neighbourhood, zero outside the image: (B, C, H, W) → (B, C, k², H, W)."""
-    batch, channels, height, width = x.shape
-    unfolded = F.unfold(x, kernel_size, padding=kernel_size // 2)  # (B, C·k², H·W)
-    return unfolded.view(batch, channels, kernel_size * kernel_size, height, width)
 
 
 def relative_offsets(kernel_size: int) -> torch.Tensor:
@@ -80,109 +67,21 @@ class LocalRelation(Block):
 
     @override
     def attention_flops(self, input_shape: torch.Size) -> int:
-        """(q − k)² per group and Σ ω·x per channel over each k×k neighbourhood, 2 FLOPs per multiply-add."""
+        """k² per key, [q, 1] · [2k, −k²] per group and Σ ω·x per channel over each window (2 FLOPs a mult-add)."""
         batch, channels, height, width = input_shape
-        return 2 * batch * height * width * self.kernel_size**2 * (self.groups + channels)
+        return 2 * batch * height * width * (self.kernel_size**2 * (2 * self.groups + channels) + self.groups)
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         batch, channels, height, width = x.shape
-        taps = self.kernel_size**2
-        query = self.query(x)[:, :, None]  # (B, G, 1, H, W)
-        key = neighbourhoods(self.key(x), self.kernel_size)  # (B, G, k², H, W)
+        query, key = self.query(x), self.key(x)  # (B, G, H, W) each
+        appearance_query = torch.stack([query, torch.ones_like(query)], dim=2)  # (B, G, 2, H, W)
+        appearance_key = torch.stack([key + key, -key.square()], dim=2)  # [q, 1] · [2k, −k²] = 2qk − k²
         offsets: torch.Tensor = self.offsets  # type: ignore[assignment]
-        geometry = self.geometry(offsets.to(x.dtype)).view(1, self.groups, taps, 1, 1)  # (1, G, k², 1, 1)
-        scores = -((query - key) ** 2) + geometry + border_bias(height, width, self.kernel_size, x)  # (B, G, k², H, W)
-        weights = scores.softmax(dim=2)  # (B, G, k², H, W)
-        if self.probe.enabled:
-            record_windows(self.probe, weights, self.kernel_size)
-        values = neighbourhoods(x, self.kernel_size).view(
-            batch, self.groups, channels // self.groups, taps, height, width
+        geometry = self.geometry(offsets.to(x.dtype)).view(self.groups, self.kernel_size**2)  # (G, k²)
+        values = x.view(batch, self.groups, channels // self.groups, height, width)  # (B, G, C / G, H, W)
+        out = window_attention(
+            (appearance_query, appearance_key, values), self.kernel_size, self.probe, offset_bias=geometry
         )
-        return (weights[:, :, None] * values).sum(dim=3).reshape(batch, channels, height, width)
-
-
-@register_block("local_stem")
-class LocalStem(Block):
-    """SASA attention stem: k×k local attention whose values mix ``m`` value embeddings by spatial position.
-
-    Logits are those of ``local`` (``q · k + q · r`` over the in-image k×k window). The value of neighbour
-    (a, b) is ``(Σ_m p(a, b, m) W_V^m) x_ab`` with ``p(a, b, m) = softmax_m((e_row(a) + e_col(b)) · ν_m)``, where
-    (a, b) is the neighbour's position within its ``pool_size``×``pool_size`` pooling window (the stem is
-    followed by max-pooling of that size), as in the paper's spatially-aware value embeddings.
-
-    Args:
-        dim: Input channels (e.g. 3 for RGB).
-        out_dim: Output channels (e.g. 64).
-        num_heads: Attention heads; must divide ``out_dim`` with an even head dim.
-        kernel_size: Odd neighbourhood side k.
-        mixtures: Number m of value embeddings.
-        pool_size: Side of the pooling window the position embeddings align to.
-
-    Shape:
-        - Input: (B, C, H, W).
-        - Output: (B, out_dim, H, W).
-    """
-
-    layout = "map"
-    family = "local"
-
-    def __init__(
-        self,
-        dim: int,
-        *,
-        out_dim: int | None = None,
-        num_heads: int = 8,
-        kernel_size: int = 5,
-        mixtures: int = 4,
-        pool_size: int = 4,
-    ) -> None:
-        super().__init__(dim)
-        owner = type(self).__name__
-        self.out_dim = out_dim or dim
-        self.num_heads = num_heads
-        self.head_dim = check_local_heads(owner, self.out_dim, num_heads, kernel_size)
-        if mixtures < 1 or pool_size < 1:
-            raise ValueError(f"{owner}: mixtures and pool_size must be positive, got {mixtures}, {pool_size}")
-        self.kernel_size, self.mixtures, self.pool_size = kernel_size, mixtures, pool_size
-        self.query = nn.Conv2d(dim, self.out_dim, kernel_size=1, bias=False)
-        self.key = nn.Conv2d(dim, self.out_dim, kernel_size=1, bias=False)
-        self.values = nn.Conv2d(dim, mixtures * self.out_dim, kernel_size=1, bias=False)  # W_V^1..m stacked
-        self.rel_rows, self.rel_cols = relative_embeddings(num_heads, kernel_size, self.head_dim)
-        self.position_rows = nn.Parameter(torch.randn(pool_size, self.out_dim) * 0.02)  # e_row
-        self.position_cols = nn.Parameter(torch.randn(pool_size, self.out_dim) * 0.02)  # e_col
-        self.mixture_embeddings = nn.Parameter(torch.randn(mixtures, self.out_dim) * 0.02)  # ν_m
-        self.probe = AttentionProbe()
-
-    @override
-    def attention_flops(self, input_shape: torch.Size) -> int:
-        """q·k and Σ p·v over each k×k window, 2 FLOPs per multiply-add.
-
-        The relative logits q·r and the value mixing are einsums, which the counter sees itself.
-        """
-        batch, _, height, width = input_shape
-        return 2 * 2 * batch * height * width * self.out_dim * self.kernel_size**2
-
-    def mixture_weights(self, height: int, width: int) -> torch.Tensor:
-        """p(a, b, m) for every pixel of an H×W map: (m, H, W), summing to 1 over m."""
-        rows = self.position_rows[torch.arange(height, device=self.position_rows.device) % self.pool_size]
-        cols = self.position_cols[torch.arange(width, device=self.position_cols.device) % self.pool_size]
-        embedding = rows[:, None, :] + cols[None, :, :]  # (H, W, out_dim)
-        return torch.einsum("hwc,mc->mhw", embedding, self.mixture_embeddings).softmax(dim=0)
-
-    @override
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        batch, _, height, width = x.shape
-        heads, head_dim, k = self.num_heads, self.head_dim, self.kernel_size
-        per_mixture = self.values(x).view(batch, self.mixtures, self.out_dim, height, width)
-        value = torch.einsum("bmchw,mhw->bchw", per_mixture, self.mixture_weights(height, width))  # (B, out, H, W)
-        query = self.query(x).view(batch, heads, head_dim, height, width)
-        key = self.key(x).view(batch, heads, head_dim, height, width)
-        bias = border_bias(height, width, k, x)
-        weights = logits(query, key, self.rel_rows, self.rel_cols, bias).softmax(dim=2)  # (B, heads, k², H, W)
-        if self.probe.enabled:
-            record_windows(self.probe, weights, k)
-        out = aggregate(weights, value.view(batch, heads, head_dim, height, width), k)  # (B, heads, hd, H, W)
-        return out.reshape(batch, self.out_dim, height, width)
+        return out.reshape(batch, channels, height, width)

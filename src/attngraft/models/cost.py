@@ -10,7 +10,6 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from attngraft.blocks import Block
-from attngraft.blocks.local import windows_only
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -34,9 +33,7 @@ def flops(model: nn.Module, input_shape: Sequence[int]) -> int:
 
     handles = [module.register_forward_pre_hook(count_block) for module in meta_model.modules()]
     try:
-        # k×k local attention is counted by its formula, so its dense small-map path (matrix products the counter
-        # would count too) is off here: one algorithm, one count.
-        with FlopCounterMode(display=False) as counter, torch.no_grad(), windows_only():
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
             meta_model(torch.empty(*input_shape, device="meta"))
     finally:
         for handle in handles:

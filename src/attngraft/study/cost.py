@@ -9,8 +9,8 @@ design          attention-matrix entries    forward FLOPs (2 per mult-add)  acti
 mhsa (pixels)   h·N²                        8NC² + 4N²C                     5NC + hN
 vit, patch p    h·T², T = (R/p)² + 1        8TC² + 4T²C                     5TC + hT
 graph           h·N²                        4NC² + 4NC + 2N²C               3NC + 2hN²
-local, k×k      h·N·k²                      6NC² + 4NCk² + 2NCk             5NC + Nk² + hN
-local_relation  G·N·k²                      4NCG + 2Nk²(G + C) + g          NC + 2GNk² + CNk² + 32k²
+local, k×k      h·N·k²                      6NC² + 4NCk² + 2NCk             5NC + hN
+local_relation  G·N·k²                      4NCG + 2Nk²(2G + C) + 2GN + g   2NC + 6GN + (32 + G)k²
 window, w×w     h·P·w², P = (⌈R/w⌉·w)²      8PC² + 4PCw²                    7PC + hPw²
 non_local       N²                          4NC² + 2N²C                     4NC + N² + 2C
 ==============  ==========================  ==============================  ====================================
@@ -19,10 +19,10 @@ non_local       N²                          4NC² + 2N²C                     4
 windowed ones as R². Activations are the elements autograd keeps for the backward, parameters excluded, as the
 blocks are written: fused attention (mhsa, vit: ``scaled_dot_product_attention``) keeps the input, q, k, v, the
 output and a log-sum-exp per query instead of the matrix, and recomputes the matrix in the backward; local keeps
-the same through its own kernel, plus its k²-per-pixel border mask; graph keeps scores and probabilities; window
-keeps its bias-and-mask matrix; non-local keeps its N² probabilities; the relation layer keeps every pixel's
-unfolded k×k neighbourhood (C·k² per pixel). The k×k blocks are costed and measured on their window path (small
-maps of at most 64 pixels otherwise take a dense path).
+the same through its fused k×k kernel (:mod:`attngraft.blocks.kernels`); the relation layer runs on that kernel
+too and keeps its input, its keys, its 2-dim appearance queries and keys ``[q, 1]``, ``[2k, −k²]``, the output and
+a log-sum-exp, and its geometry network's activations; graph keeps scores and probabilities; window keeps its
+bias-and-mask matrix; non-local keeps its N² probabilities.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import torch
 from torch import nn
 
 from attngraft.blocks import create_block, record_attention
-from attngraft.blocks.local import windows_only
 from attngraft.errors import UnknownNameError
 from attngraft.models.cost import flops
 from attngraft.registry import Registry, unknown_name_message
@@ -177,7 +176,7 @@ def _local_cost(side: int, config: CostConfig) -> LayerCost:
     return LayerCost(
         heads * pixels * kernel**2,
         6 * pixels * dim**2 + 4 * pixels * dim * kernel**2 + 2 * pixels * dim * kernel,
-        5 * pixels * dim + pixels * kernel**2 + heads * pixels,
+        5 * pixels * dim + heads * pixels,
     )
 
 
@@ -186,8 +185,8 @@ def _relation_cost(side: int, config: CostConfig) -> LayerCost:
     geometry = 2 * taps * GEOMETRY_HIDDEN * (2 + groups)
     return LayerCost(
         groups * pixels * taps,
-        4 * pixels * dim * groups + 2 * pixels * taps * (groups + dim) + geometry,
-        pixels * dim + 2 * groups * pixels * taps + dim * pixels * taps + GEOMETRY_HIDDEN * taps,
+        4 * pixels * dim * groups + 2 * pixels * taps * (2 * groups + dim) + 2 * groups * pixels + geometry,
+        2 * pixels * dim + 6 * groups * pixels + (GEOMETRY_HIDDEN + groups) * taps,
     )
 
 
@@ -249,7 +248,8 @@ def _register() -> None:
             cost=_local_cost,
             block=lambda config: create_block("local", config.dim, num_heads=config.heads, kernel_size=config.kernel),
             input_shape=_map,
-            backward=f"{GRADIENTS}; the logits and probabilities of the whole image, recomputed, and their gradients",
+            backward=f"{GRADIENTS}; the fused kernel recomputes the probabilities tile by tile in its own scratch "
+            "(not tensors, so not seen on CPU)",
         ),
     )
     DESIGNS.add(
@@ -265,7 +265,7 @@ def _register() -> None:
                 geometry_hidden=GEOMETRY_HIDDEN,
             ),
             input_shape=_map,
-            backward=f"{GRADIENTS}; the gradient of its unfolded neighbourhoods",
+            backward=f"{GRADIENTS}; the fused kernel recomputes its weights tile by tile in its own scratch",
         ),
     )
     DESIGNS.add(
@@ -311,8 +311,7 @@ def layer_cost(block: nn.Module, shape: tuple[int, ...]) -> LayerCost:
     with torch.no_grad(), record_attention(block) as records:
         block(torch.randn(*shape, device=device))
     entries = sum(probabilities.numel() for calls in records.values() for probabilities in calls)
-    with windows_only():
-        saved = saved_bytes(block, shape)
+    saved = saved_bytes(block, shape)
     return LayerCost(entries, flops(block, shape), saved // BYTES_PER_ELEMENT)
 
 

@@ -13,7 +13,6 @@ import torch
 
 from attngraft._figures import pyplot, save_figure
 from attngraft._io import write_json, write_text
-from attngraft.blocks.local import windows_only
 from attngraft.study.cost import BYTES_PER_ELEMENT, DESIGNS, CostConfig, layer_cost, peak_bytes
 from attngraft.study.measure import machine, median_ms
 from attngraft.study.report import write_rows
@@ -98,8 +97,7 @@ def _measure(name: str, side: int, config: CostConfig, device: torch.device, rep
     def step() -> None:
         block(images).sum().backward()
 
-    with windows_only():  # the k×k blocks' window path, whose cost the formulas give
-        peak, milliseconds = peak_bytes(block, images), median_ms(step, repeats)
+    peak, milliseconds = peak_bytes(block, images), median_ms(step, repeats)
     return {
         "measured_entries": measured.entries,
         "measured_gflops": measured.flops / 1e9,

@@ -1,0 +1,173 @@
+"""k×k neighbourhood attention kernels, chosen by device: the room the ``local`` family of blocks computes in.
+
+One operation, several backends with the same results::
+
+    out = neighbourhood_attention(query, key, value, kernel_size, row_embedding=..., col_embedding=..., offset_bias=...)
+
+For every pixel (y, x) and each neighbour (a, b) of its k×k window that lies inside the image, the logit is
+``q · k_ab + q[:Dr] · row_embedding[a] + q[D − Dc:] · col_embedding[b] + offset_bias[a·k + b]``; the softmax runs
+over the in-image window. SASA's 2-D relative embeddings are the row and column embeddings (each on half the
+head's channels); the local relation layer's geometric prior is the offset bias.
+
+Backends:
+    ``native``: the compiled C++ kernel (``neighbourhood.cpp``), fused forward and recomputing backward; the CPU
+        default when a C++ compiler is present (built by ``make setup`` or on first use, cached on disk).
+    ``reference``: pure PyTorch (``reference.py``), shifted views with a chunked, recomputing backward; the
+        fallback, and what ``native`` is tested against.
+    ``flex``: ``torch.nn.attention.flex_attention`` with a neighbourhood mask, compiled; the CUDA default.
+
+``use_backend(name)`` forces one for a block of code (a context variable: per thread and task, not global).
+Recording probabilities, exporting, and FLOP counting on the meta device always take the plain reference path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+
+from attngraft.blocks.kernels import native
+from attngraft.blocks.kernels.reference import (
+    aggregate,
+    border_bias,
+    chunked_neighbourhood_attention,
+    neighbourhood_attention_reference,
+    window_logits,
+)
+
+BACKENDS = ("native", "reference", "flex")
+_forced: ContextVar[str | None] = ContextVar("attngraft_kernel_backend", default=None)
+
+
+def check_backend(name: str | None) -> None:
+    """Raises ``ValueError`` listing the backends when ``name`` is not one of them (None means automatic)."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(
+            f"k×k attention backend {name!r} is not valid; choose one of {list(BACKENDS)} or None (automatic)"
+        )
+
+
+@contextmanager
+def use_backend(name: str | None) -> Iterator[None]:
+    """Forces the k×k attention backend inside the block (None: automatic again)."""
+    check_backend(name)
+    token = _forced.set(name)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+@torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]  # torch.compile: a constant, not a trace through the library's loading
+def _native_available() -> bool:
+    return native.available()
+
+
+def choose_backend(device: torch.device, preferred: str | None = None) -> str:
+    """The backend for tensors on ``device``: the forced one, else ``preferred``, else by device."""
+    name = _forced.get() or preferred
+    if name is not None:
+        return name
+    if device.type == "cpu" and _native_available():
+        return "native"
+    if device.type == "cuda":
+        return "flex"
+    return "reference"
+
+
+def plain_path_required(query: torch.Tensor) -> bool:
+    """Exporting, tracing and meta tensors (FLOP counting) take the plain reference path."""
+    # _is_tracing: torch.jit.is_tracing, typed
+    return query.device.type == "meta" or torch.compiler.is_exporting() or torch._C._is_tracing()
+
+
+def neighbourhood_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    kernel_size: int,
+    *,
+    row_embedding: torch.Tensor | None = None,
+    col_embedding: torch.Tensor | None = None,
+    offset_bias: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """k×k attention of every pixel over its in-image neighbourhood (see the module docstring).
+
+    Args:
+        query: (B, heads, D, H, W).
+        key: (B, heads, D, H, W).
+        value: (B, heads, Dv, H, W).
+        kernel_size: Odd window side k.
+        row_embedding: (heads, k, Dr): a logit term q[:Dr] · row_embedding[a] per window row a.
+        col_embedding: (heads, k, Dc): a logit term q[D − Dc:] · col_embedding[b] per window column b.
+        offset_bias: (heads, k²): a logit term per neighbour offset, shared by every pixel.
+        backend: One of :data:`BACKENDS`, or None to choose by device.
+
+    Returns:
+        (B, heads, Dv, H, W).
+    """
+    check_backend(backend)
+    # One dtype for everything the kernels save (under bf16 autocast the projections are bf16, parameters fp32).
+    dtype = query.dtype
+    key, value = key.to(dtype), value.to(dtype)
+    embeddings = tuple(
+        None if tensor is None else tensor.to(dtype) for tensor in (row_embedding, col_embedding, offset_bias)
+    )
+    if plain_path_required(query):
+        return neighbourhood_attention_reference(query, key, value, kernel_size, *embeddings)[0]
+    name = choose_backend(query.device, backend)
+    if name == "native":
+        from attngraft.blocks.kernels import cpu  # noqa: F401  (registers the operators on first use)
+
+        return torch.ops.attngraft.neighbourhood_attention(query, key, value, *embeddings, kernel_size)[0]
+    if name == "flex":
+        from attngraft.blocks.kernels import flex
+
+        return flex.neighbourhood_attention_flex(query, key, value, kernel_size, *embeddings)
+    return chunked_neighbourhood_attention(query, key, value, kernel_size, *embeddings)
+
+
+def packed_neighbourhood_attention(
+    qkv: torch.Tensor,
+    kernel_size: int,
+    *,
+    row_embedding: torch.Tensor | None = None,
+    col_embedding: torch.Tensor | None = None,
+    offset_bias: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """:func:`neighbourhood_attention` of ``qkv.unbind(1)``, qkv (B, 3, heads, D, H, W) from one projection.
+
+    The compiled kernel reads the packed tensor in place and returns its gradient as one tensor (no copies in, no
+    stacking of three gradients out); the other backends unbind it.
+    """
+    check_backend(backend)
+    if not plain_path_required(qkv) and choose_backend(qkv.device, backend) == "native":
+        from attngraft.blocks.kernels import cpu  # noqa: F401  (registers the operators on first use)
+
+        embeddings = tuple(
+            None if tensor is None else tensor.to(qkv.dtype) for tensor in (row_embedding, col_embedding, offset_bias)
+        )
+        return torch.ops.attngraft.packed_neighbourhood_attention(qkv, *embeddings, kernel_size)[0]
+    query, key, value = qkv.unbind(1)
+    return neighbourhood_attention(
+        query, key, value, kernel_size, row_embedding=row_embedding, col_embedding=col_embedding,
+        offset_bias=offset_bias, backend=backend,
+    )  # fmt: skip
+
+
+__all__ = [
+    "BACKENDS",
+    "aggregate",
+    "border_bias",
+    "check_backend",
+    "choose_backend",
+    "neighbourhood_attention",
+    "neighbourhood_attention_reference",
+    "packed_neighbourhood_attention",
+    "use_backend",
+    "window_logits",
+]
