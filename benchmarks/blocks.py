@@ -39,7 +39,7 @@ QUICK_TOKEN_SHAPE = {"batch": 4, "dim": 64, "tokens": 50}
 OPTIONS = {"local": {"kernel_size": 7, "num_heads": 8}, "window": {"window_size": 8, "shift_size": 4}}
 # Extra entries: a registered block with different options (the compiled one compiles on its first call,
 # which is left out of the timings: warm-up runs come first).
-VARIANTS = {"local+compiled": ("local", {"compiled": True})}
+VARIANTS = {"local+reference": ("local", {"backend": "reference"})}
 
 
 def resolve(entry: str) -> tuple[str, dict[str, object]]:

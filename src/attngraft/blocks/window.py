@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import cache
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
@@ -13,7 +16,6 @@ from attngraft.blocks._ops import (
     attend,
     check_divisible,
     relative_position_index,
-    window_merge,
     window_partition,
 )
 from attngraft.blocks.factory import register_block
@@ -57,6 +59,63 @@ def window_attention_mask(
     same_region = region_windows[:, :, None] == region_windows[:, None, :]  # (nW, ws², ws²)
     allowed = same_region & valid_windows[:, None, :]
     return allowed | torch.eye(window_size * window_size, dtype=torch.bool)
+
+
+@cache
+def _window_token_order(
+    height: int, width: int, window_size: int, shift_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.inference_mode(False):  # cached: must not be inference tensors, which training could not save
+        positions = torch.arange(height * width).view(1, height, width, 1)
+        if shift_size:
+            positions = positions.roll((-shift_size, -shift_size), dims=(1, 2))
+        order = window_partition(positions, window_size).flatten()  # (Hp·Wp,)
+        return order, order.argsort()
+
+
+def window_token_order(
+    height: int, width: int, window_size: int, shift_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each token of the shifted, partitioned grid comes from, and the inverse permutation.
+
+    ``grid.flatten(1, 2)[:, order]`` equals ``window_partition(grid.roll(−shift), ws)`` flattened (window-major,
+    row-major within each window); ``[:, inverse]`` undoes it, roll included. One gather each way instead of a roll
+    and a partition copy.
+
+    Returns:
+        order, inverse: (H·W,) int64 on ``device``; H and W are the padded sides.
+    """
+    order, inverse = _window_token_order(height, width, window_size, shift_size)
+    return order.to(device), inverse.to(device)
+
+
+class _Permute(torch.autograd.Function):
+    """``x.index_select(1, order)`` for a permutation ``order``, whose backward is the inverse gather.
+
+    (Autograd's generic backward of ``index_select``, a scatter-add, was ~5× slower on CPU.)
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        """Tokens of (B, N, C) in ``order``."""
+        ctx.save_for_backward(inverse)
+        return x.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        """The gradient gathered back through the inverse permutation."""
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(1, inverse), None, None
+
+
+def permute_tokens(x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) → (B, N, C) with token i taken from ``order[i]``; ``inverse`` is the inverse permutation."""
+    out: torch.Tensor = _Permute.apply(x, order, inverse)
+    return out
+
+
+# Elements of the attention matrices one training chunk materialises (see WindowAttention._attend).
+CHUNK_ELEMENTS = 1 << 22
 
 
 @register_block("window")
@@ -136,24 +195,47 @@ class WindowAttention(Block):
         batch, channels, height, width = x.shape
         size, shift = self.window_size, self.shift_size
         pad = (-height % size, -width % size)
-        grid = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, pad[1], 0, pad[0]))  # (B, Hp, Wp, C)
+        grid = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        if pad != (0, 0):
+            grid = F.pad(grid, (0, 0, 0, pad[1], 0, pad[0]))  # (B, Hp, Wp, C)
         padded_height, padded_width = grid.shape[1:3]
-        if shift:
-            grid = grid.roll((-shift, -shift), dims=(1, 2))
-        windows = window_partition(grid, size)  # (B*nW, T, C) with T = ws²
-        num_windows, tokens = windows.shape[0] // batch, size * size
+        order, inverse = window_token_order(padded_height, padded_width, size, shift, x.device)
+        # The cyclic shift and the window partition in one gather: (B, Hp·Wp, C) in window-major token order.
+        windows = permute_tokens(grid.reshape(batch, -1, channels), order, inverse).view(-1, size * size, channels)
+        num_windows, tokens = windows.shape[0] // batch, size * size  # windows: (B*nW, T, C) with T = ws²
         qkv = self.qkv(windows).view(batch, num_windows, tokens, 3, self.num_heads, self.head_dim)
         qkv = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, batch, num_windows * self.num_heads, tokens, self.head_dim)
         query, key, value = qkv.unbind(0)  # (B, nW*heads, T, hd) each: every (window, head) attends alone
         mask = self.window_mask(padded_height, padded_width, pad, x.device, query.dtype)  # (nW*heads, T, T)
-        dropout = self.attn_drop if self.training else 0.0
-        out = attend(query, key, value, self.probe, mask=mask, dropout=dropout)  # (B, nW*heads, T, hd)
+        out = self._attend(query, key, value, mask)  # (B, nW*heads, T, hd)
         out = out.view(batch, num_windows, self.num_heads, tokens, self.head_dim).transpose(2, 3)
         out = out.reshape(batch * num_windows, tokens, channels)  # (B*nW, T, C)
-        grid = window_merge(self.proj_drop(self.proj(out)), size, padded_height, padded_width)  # (B, Hp, Wp, C)
-        if shift:
-            grid = grid.roll((shift, shift), dims=(1, 2))
+        projected = self.proj_drop(self.proj(out)).view(batch, num_windows * tokens, channels)
+        grid = permute_tokens(projected, inverse, order).view(batch, padded_height, padded_width, channels)  # unshifted
         return grid[:, :height, :width].permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Attention within every (window, head), (B, nW·heads, T, hd) each; mask (nW·heads, T, T) carries the bias.
+
+        SDPA's fused CPU kernel cannot differentiate a mask, and the relative bias in the mask is learned, so training
+        materialises the (B, nW·heads, T, T) matrices; it does so one batch chunk of about :data:`CHUNK_ELEMENTS`
+        at a time (cache-sized: ~2× faster than all at once on CPU) with a plain softmax (every query may attend
+        to itself, so no row is empty and SDPA's guarded softmax is not needed). Without gradients the fused kernel
+        runs (it needs a 4-d mask).
+        """
+        dropout = self.attn_drop if self.training else 0.0
+        if self.probe.enabled:  # one call, so the probe records the whole batch at once
+            return attend(query, key, value, self.probe, mask=mask, dropout=dropout)
+        if not (torch.is_grad_enabled() and (mask.requires_grad or query.requires_grad)):
+            return attend(query, key, value, self.probe, mask=mask[None], dropout=dropout)
+        windows_heads, tokens = query.shape[1:3]
+        chunk = max(1, CHUNK_ELEMENTS // (windows_heads * tokens * tokens))
+        scale = self.head_dim**-0.5
+        parts = []
+        for queries, keys, values in zip(query.split(chunk), key.split(chunk), value.split(chunk), strict=True):
+            logits = (queries * scale) @ keys.transpose(-2, -1) + mask  # (chunk, nW·heads, T, T)
+            parts.append(F.dropout(logits.softmax(-1), dropout) @ values)
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     @override
     def extra_repr(self) -> str:

@@ -11,8 +11,8 @@ vit, patch p    h·T², T = (R/p)² + 1        8TC² + 4T²C                    
 graph           h·N²                        4NC² + 4NC + 2N²C               3NC + 2hN²
 local, k×k      h·N·k²                      6NC² + 4NCk² + 2NCk             5NC + hN
 local_relation  G·N·k²                      4NCG + 2Nk²(2G + C) + 2GN + g   2NC + 6GN + (32 + G)k²
-window, w×w     h·P·w², P = (⌈R/w⌉·w)²      8PC² + 4PCw²                    7PC + hPw²
-non_local       N²                          4NC² + 2N²C                     4NC + N² + 2C
+window, w×w     h·P·w², P = (⌈R/w⌉·w)²      8PC² + 4PCw²                    6PC + hPw² + 4P
+non_local       N²                          4NC² + 2N²C                     2NC + 5NC/2 + N + 2C
 ==============  ==========================  ==============================  ====================================
 
 (g: the relation layer's geometry network on the k² offsets, 2k²·32·(2 + G).) The pixel designs grow as R⁴, the
@@ -22,7 +22,9 @@ output and a log-sum-exp per query instead of the matrix, and recomputes the mat
 the same through its fused k×k kernel (:mod:`attngraft.blocks.kernels`); the relation layer runs on that kernel
 too and keeps its input, its keys, its 2-dim appearance queries and keys ``[q, 1]``, ``[2k, −k²]``, the output and
 a log-sum-exp, and its geometry network's activations; graph keeps scores and probabilities; window keeps its
-bias-and-mask matrix; non-local keeps its N² probabilities.
+probabilities (computed one batch chunk at a time) and its two token orders (int64, counted as 4P
+four-byte elements); non-local keeps q, k, v, the output and a log-sum-exp (fused SDPA) and its batch norm's
+input, no N² matrix.
 """
 
 from __future__ import annotations
@@ -196,13 +198,16 @@ def _window_cost(side: int, config: CostConfig) -> LayerCost:
     return LayerCost(
         heads * padded * window**2,
         8 * padded * dim**2 + 4 * padded * dim * window**2,
-        7 * padded * dim + heads * padded * window**2,
+        6 * padded * dim + heads * padded * window**2 + 4 * padded,
     )
 
 
 def _non_local_cost(side: int, config: CostConfig) -> LayerCost:
     pixels, dim = _pixels(side), config.dim
-    return LayerCost(pixels**2, 4 * pixels * dim**2 + 2 * pixels**2 * dim, 4 * pixels * dim + pixels**2 + 2 * dim)
+    inner = max(dim // 2, 1)  # the block's θ, φ, g width
+    return LayerCost(
+        pixels**2, 4 * pixels * dim**2 + 2 * pixels**2 * dim, 2 * pixels * dim + 5 * pixels * inner + pixels + 2 * dim
+    )
 
 
 GRADIENTS = "the gradients of the output, the input and the weights"
@@ -285,7 +290,8 @@ def _register() -> None:
             cost=_non_local_cost,
             block=lambda config: create_block("non_local", config.dim),
             input_shape=_map,
-            backward=f"{GRADIENTS}; the gradient of its kept matrix",
+            backward=f"{GRADIENTS}; the matrix is recomputed block by block",
+            fused=True,
         ),
     )
 
