@@ -232,7 +232,8 @@ class WindowAttention(Block):
         chunk = max(1, CHUNK_ELEMENTS // (windows_heads * tokens * tokens))
         scale = self.head_dim**-0.5
         parts = []
-        for queries, keys, values in zip(query.split(chunk), key.split(chunk), value.split(chunk), strict=True):
+        chunks = (torch.split(tensor, chunk) for tensor in (query, key, value))  # split: one cat in the backward
+        for queries, keys, values in zip(*chunks, strict=True):
             logits = (queries * scale) @ keys.transpose(-2, -1) + mask  # (chunk, nW·heads, T, T)
             parts.append(F.dropout(logits.softmax(-1), dropout) @ values)
         return torch.cat(parts) if len(parts) > 1 else parts[0]
