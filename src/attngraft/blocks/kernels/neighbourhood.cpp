@@ -30,6 +30,9 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 // Queries per tile, one vector register of floats: 16 with AVX-512, 8 with AVX2, 4 otherwise (set by the build).
 #ifndef ATTNGRAFT_TILE
@@ -529,6 +532,17 @@ void backward_plane(const Call& call, int64_t n, const Dims& d, Scratch<S>& s) {
   reduce_lanes(s.grad_offset_bias, d.taps(), call.grad_offset_bias, n);
 }
 
+// Flushes subnormal floats to zero on this thread while alive (x86: the FTZ and DAZ bits of MXCSR). Tiny
+// probabilities times tiny gradients are subnormal, and arithmetic on them is ~100× slower: a trained network's
+// backward ran 4× slower without this. Values below 1.2e-38 (float) count as zero, far below any tolerance.
+struct FlushSubnormals {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned saved = _mm_getcsr();
+  FlushSubnormals() { _mm_setcsr(saved | 0x8040); }
+  ~FlushSubnormals() { _mm_setcsr(saved); }
+#endif
+};
+
 // Runs work(n, scratch) over the B · heads planes on `threads` threads, each thread owning a contiguous range of
 // planes and its own scratch. With OpenMP the threads are the OpenMP runtime's: PyTorch's own when it loaded
 // libgomp.so.1 first (the loader then reuses it), so the kernel and PyTorch's operators share one thread pool
@@ -538,6 +552,7 @@ void over_planes(const Call& call, const Dims& d, bool backward, Work work) {
   const int64_t planes = call.batch * call.heads;
   const int64_t count = std::max<int64_t>(1, std::min<int64_t>(call.threads, planes));
   auto run = [&](int64_t part) {
+    const FlushSubnormals flush;
     Scratch<S> scratch(d, backward);
     for (int64_t n = planes * part / count; n < planes * (part + 1) / count; ++n) work(n, scratch);
   };
