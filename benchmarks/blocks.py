@@ -37,8 +37,7 @@ TOKEN_SHAPE = {"batch": 32, "dim": 192, "tokens": 197}
 QUICK_MAP_SHAPE = {"batch": 4, "dim": 32, "size": 16}
 QUICK_TOKEN_SHAPE = {"batch": 4, "dim": 64, "tokens": 50}
 OPTIONS = {"local": {"kernel_size": 7, "num_heads": 8}, "window": {"window_size": 8, "shift_size": 4}}
-# Extra entries: a registered block with different options (the compiled one compiles on its first call,
-# which is left out of the timings: warm-up runs come first).
+# Extra entries: a registered block with different options (here: local on its pure-PyTorch reference kernels).
 VARIANTS = {"local+reference": ("local", {"backend": "reference"})}
 
 
@@ -99,6 +98,18 @@ def forward_backward(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
+def forward_only(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """Inference: one forward in eval mode without gradients."""
+    module.eval()
+    x = x.detach()
+
+    def step() -> None:
+        with torch.inference_mode():
+            module(x)
+
+    return step
+
+
 def baselines_for(name: str) -> list[str]:
     if BLOCKS.get(resolve(name)[0]).layout == "map":
         return ["conv3x3"]
@@ -128,6 +139,9 @@ def measure(names: list[str], quick: bool, repeats: int) -> list[dict[str, objec
             block_ms, baseline_ms = paired_median_ms(
                 forward_backward(*build(name, quick)), forward_backward(*build(baseline, quick)), repeats
             )
+            forward_ms, baseline_forward_ms = paired_median_ms(
+                forward_only(*build(name, quick)), forward_only(*build(baseline, quick)), repeats
+            )
             rows.append(
                 {
                     "block": name,
@@ -135,6 +149,9 @@ def measure(names: list[str], quick: bool, repeats: int) -> list[dict[str, objec
                     "fwd_bwd_ms": round(block_ms, 2),
                     "baseline_fwd_bwd_ms": round(baseline_ms, 2),
                     "time_ratio": round(block_ms / baseline_ms, 2),
+                    "fwd_ms": round(forward_ms, 2),
+                    "baseline_fwd_ms": round(baseline_forward_ms, 2),
+                    "fwd_ratio": round(forward_ms / baseline_forward_ms, 2),
                     "peak_extra_mib": round(memory[name], 1),
                     "baseline_peak_extra_mib": round(memory[baseline], 1),
                     "memory_ratio": round(memory[name] / max(memory[baseline], 1e-3), 2),
@@ -159,12 +176,13 @@ def main() -> None:
         print(json.dumps({"machine": machine(), "quick": args.quick, "results": rows}, indent=2))
         return
     print(f"machine: {machine()}")
-    header = f"{'block':<14}{'baseline':<17}{'ms':>9}{'base ms':>9}{'x time':>8}{'MiB':>9}{'base MiB':>9}{'x mem':>8}"
-    print(header)
+    header = f"{'block':<16}{'baseline':<17}{'ms':>9}{'base ms':>9}{'x time':>8}{'x fwd':>7}{'MiB':>9}{'base MiB':>9}"
+    print(header + f"{'x mem':>8}")
     for row in rows:
         print(
-            f"{row['block']:<14}{row['baseline']:<17}{row['fwd_bwd_ms']:>9}{row['baseline_fwd_bwd_ms']:>9}"
-            f"{row['time_ratio']:>8}{row['peak_extra_mib']:>9}{row['baseline_peak_extra_mib']:>9}{row['memory_ratio']:>8}"
+            f"{row['block']:<16}{row['baseline']:<17}{row['fwd_bwd_ms']:>9}{row['baseline_fwd_bwd_ms']:>9}"
+            f"{row['time_ratio']:>8}{row['fwd_ratio']:>7}{row['peak_extra_mib']:>9}{row['baseline_peak_extra_mib']:>9}"
+            f"{row['memory_ratio']:>8}"
         )
 
 

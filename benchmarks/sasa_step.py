@@ -5,7 +5,7 @@ batch, timed alternately with the conv ResNet-26 (A B A B ...): ``ratio`` is its
 input is stated in the output: by default Fashion-MNIST's shape (1×28×28, the `sasa` study's full profile) in
 batches of 32, with the study's CIFAR-style stems; ``--size 14`` is the quick profile's.
 
-    python benchmarks/sasa_step.py [--json] [--size 28] [--batch-size 32] [--repeats 7]
+    python benchmarks/sasa_step.py [--json] [--size 28] [--batch-size 32] [--repeats 7] [--quick]
 """
 
 from __future__ import annotations
@@ -47,7 +47,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=28, help="image side (1 channel)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--quick", action="store_true", help="batch 2 of 8×8, one repeat (a smoke run, not a measurement)"
+    )
     arguments = parser.parse_args()
+    if arguments.quick:
+        arguments.size, arguments.batch_size, arguments.repeats = 8, 2, 1
     torch.manual_seed(0)
     images = torch.randn(arguments.batch_size, 1, arguments.size, arguments.size)
     labels = torch.randint(0, 10, (arguments.batch_size,))

@@ -14,3 +14,13 @@ def test_quick_run_reports_ratios_against_baselines() -> None:
             abs(row["time_ratio"] - row["fwd_bwd_ms"] / row["baseline_fwd_bwd_ms"]) <= 0.05 * row["time_ratio"] + 0.01
         )
         assert row["peak_extra_mib"] >= 0
+        assert row["fwd_ms"] > 0
+        assert row["fwd_ratio"] > 0
+
+
+def test_sasa_step_reports_ratios_against_the_conv_resnet() -> None:
+    report = run_json("sasa_step.py")
+    assert report["input"] == [2, 1, 8, 8]
+    assert [row["network"] for row in report["rows"]] == ["sasa_resnet26", "sasa_resnet26_attnstem"]
+    for row in report["rows"]:
+        assert abs(row["ratio"] - row["step_ms"] / row["conv_step_ms"]) <= 0.05 * row["ratio"] + 0.01
