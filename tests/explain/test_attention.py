@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from attngraft.blocks import AttentionProbe, create_block
+from attngraft.blocks import AttentionProbe, Block, create_block
 from attngraft.explain import query_map, record, rollout, token_map
 from attngraft.explain.attention import map_position, token_layout
 from attngraft.grafting import build
@@ -83,7 +83,7 @@ def test_recording_leaves_no_hooks_and_does_not_change_outputs() -> None:
         after = model(images)
     torch.testing.assert_close(recorded, before, rtol=1e-4, atol=1e-5)  # the materialised path computes the same
     torch.testing.assert_close(after, before, rtol=0, atol=0)
-    assert {entry.kind for entry in records} == {"window", "tokens"}
+    assert {entry.kind for entry in records} == {"map", "tokens"}
     assert {name: _hooks(module) for name, module in model.named_modules()} == hooks
     assert not any(module.enabled for module in model.modules() if isinstance(module, AttentionProbe))
 
@@ -173,3 +173,45 @@ def test_token_layout_infers_a_grid_without_a_vit_and_rejects_a_misfit() -> None
 def test_map_position_scales_image_pixels_to_the_map() -> None:
     assert map_position((27, 0), (28, 28), (4, 4)) == (3, 0)
     assert map_position((14, 13), (28, 28), (7, 7)) == (3, 3)
+
+
+class _Spotlight(Block):
+    """A map block of the test's own: each pixel attends only to itself; explain learns that from the block alone."""
+
+    layout = "map"
+    family = "test"
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.probe = AttentionProbe()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.probe.enabled:
+            self.probe(torch.ones(x.shape[0], *x.shape[2:]))  # (B, H, W): anything the block can read back
+        return x
+
+    def query_attention(
+        self, probabilities: torch.Tensor, query: tuple[int, int], map_size: tuple[int, int]
+    ) -> torch.Tensor:
+        spot = torch.zeros(1, *map_size)
+        spot[0, query[0], query[1]] = probabilities[query[0], query[1]]
+        return spot
+
+
+def test_a_new_map_block_is_drawn_by_its_own_query_attention() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1), _Spotlight(4))
+    _, records = record(model, torch.randn(2, 1, 5, 6))
+    (entry,) = records
+    assert entry.kind == "map"
+    maps = query_map(entry, torch.tensor([[1, 2], [4, 5]]))
+    assert maps.shape == (2, 1, 5, 6)
+    assert maps[0, 0, 1, 2] == 1
+    assert maps[1, 0, 4, 5] == 1
+    assert maps.sum() == 2
+
+
+def test_blocks_without_per_pixel_maps_say_so() -> None:
+    block = create_block("mhsa", 8, num_heads=2)
+    assert not block.draws_query_maps()
+    with pytest.raises(NotImplementedError, match="MultiHeadSelfAttention records no per-pixel attention map"):
+        block.query_attention(torch.ones(2, 4, 4), (0, 0), (2, 2))

@@ -7,6 +7,7 @@ import torch
 
 from attngraft.blocks import create_block
 from attngraft.cli import main
+from attngraft.blocks import BLOCKS
 from attngraft.study.cost import DESIGNS, CostConfig, design_name, measured_cost, peak_bytes, saved_bytes
 
 CONFIGS = [CostConfig(dim=32, heads=4), CostConfig(dim=16, heads=2, patch=2, kernel=3, window=4)]
@@ -134,3 +135,10 @@ def test_cost_user_errors_exit_2(arguments, message, tmp_path, capsys) -> None:
 def test_cost_on_cuda_without_a_gpu_is_a_user_error(tmp_path, capsys) -> None:
     assert main(["cost", "--device", "cuda", "--out", str(tmp_path)]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_every_block_with_a_cost_entry_is_a_design() -> None:
+    """A block states its cost in its own file; nothing here lists the blocks."""
+    costed = {name for name in BLOCKS.names() if BLOCKS.get(name).cost_entry is not None}
+    assert set(DESIGNS.names()) == costed | {"vit"}
+    assert {"mhsa", "graph", "local", "local_relation", "window", "non_local"} <= costed

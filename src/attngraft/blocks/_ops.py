@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from typing_extensions import override
 
+from attngraft.blocks.cost import CostEntry
 from attngraft.blocks.recording import AttentionProbe
 
 Layout = Literal["tokens", "map"]
@@ -28,6 +29,8 @@ class Block(nn.Module):
 
     layout: ClassVar[Layout]
     family: ClassVar[str]
+    # The analytic cost ``attngraft cost`` tabulates and checks against the block (None: not costed there).
+    cost_entry: ClassVar[CostEntry | None] = None
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -38,6 +41,29 @@ class Block(nn.Module):
     def attention_flops(self, input_shape: torch.Size) -> int:
         """FLOPs of work that ``torch.utils.flop_counter`` cannot see (elementwise attention); 0 by default."""
         return 0
+
+    def query_attention(
+        self, probabilities: torch.Tensor, query: tuple[int, int], map_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Where one query pixel attends, from what this block's probe recorded for one image (what ``explain`` draws).
+
+        Args:
+            probabilities: One image's recording: the probe's tensor without its batch dim.
+            query: (row, col) of the query pixel in the block's input map.
+            map_size: The block's input map (H, W).
+
+        Returns:
+            (heads, h, w): the query's weights over the block's key map.
+
+        Raises:
+            NotImplementedError: For blocks without per-pixel maps (token mixers, channel attention).
+        """
+        raise NotImplementedError(f"{type(self).__name__} records no per-pixel attention map")
+
+    @classmethod
+    def draws_query_maps(cls) -> bool:
+        """Whether the block implements :meth:`query_attention`."""
+        return cls.query_attention is not Block.query_attention
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raises ``ValueError`` naming the expected layout when ``x`` does not fit this block."""

@@ -11,6 +11,7 @@ from torch import nn
 from typing_extensions import override
 
 from attngraft.blocks._ops import Block, check_choice, check_divisible, merge_heads, split_heads
+from attngraft.blocks.cost import GRADIENTS, CostConfig, CostEntry, LayerCost
 from attngraft.blocks.factory import register_block
 from attngraft.blocks.recording import AttentionProbe
 
@@ -45,6 +46,16 @@ def grid_neighbourhood_mask(
     return mask
 
 
+def graph_cost(side: int, config: CostConfig) -> LayerCost:
+    """Graph attention over every pixel: projections, pairwise scores and aggregation; scores and probabilities kept."""
+    pixels, dim, heads = side * side, config.dim, config.heads
+    return LayerCost(
+        heads * pixels**2,
+        4 * pixels * dim**2 + 4 * pixels * dim + 2 * pixels**2 * dim,
+        3 * pixels * dim + 2 * heads * pixels**2,
+    )
+
+
 @register_block("graph")
 class GraphAttention(Block):
     """Graph attention over tokens: every token is a node, edges are all pairs (or a grid neighbourhood).
@@ -71,6 +82,12 @@ class GraphAttention(Block):
 
     layout = "tokens"
     family = "graph"
+    cost_entry = CostEntry(
+        title=lambda config: "graph attention over every pixel",
+        cost=graph_cost,
+        options=lambda config: {"num_heads": config.heads},
+        backward=f"{GRADIENTS}; the gradients of its kept scores and probabilities",
+    )
 
     def __init__(
         self,

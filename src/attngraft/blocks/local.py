@@ -27,6 +27,7 @@ from torch import nn
 from typing_extensions import override
 
 from attngraft.blocks._ops import Block, check_divisible, check_odd
+from attngraft.blocks.cost import GRADIENTS, CostConfig, CostEntry, LayerCost
 from attngraft.blocks.factory import register_block
 from attngraft.blocks.kernels import (
     check_backend,
@@ -100,6 +101,29 @@ def window_attention(
     return neighbourhood_attention(query, key, value, kernel_size, backend=backend, **embeddings)
 
 
+class WindowBlock(Block):
+    """A block whose attention runs over each pixel's k×k window (the ``local`` family).
+
+    It records (B, heads, H, W, k, k) window weights and draws a query's window around it.
+    """
+
+    layout = "map"
+    family = "local"
+
+    @override
+    def query_attention(
+        self, probabilities: torch.Tensor, query: tuple[int, int], map_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """The query's k×k window weights, (heads, H, W, k, k) recorded, placed around it on the (H, W) map."""
+        weights = probabilities[:, query[0], query[1]]  # (heads, k, k)
+        kernel = weights.shape[-1]
+        radius = kernel // 2
+        height, width = map_size
+        canvas = weights.new_zeros(weights.shape[0], height + 2 * radius, width + 2 * radius)
+        canvas[:, query[0] : query[0] + kernel, query[1] : query[1] + kernel] = weights
+        return canvas[:, radius : radius + height, radius : radius + width]  # (heads, H, W)
+
+
 def retired_compiled_option(owner: str, compiled: bool) -> None:
     """``compiled=True`` once ran the pure-PyTorch kernels through ``torch.compile``; the fused kernel replaced it."""
     if compiled:
@@ -111,8 +135,21 @@ def retired_compiled_option(owner: str, compiled: bool) -> None:
         )
 
 
+def local_cost(side: int, config: CostConfig) -> LayerCost:
+    """SASA k×k attention: qkv projections, q·k, p·v and the relative logits.
+
+    The fused kernel keeps q, k, v, the output and a log-sum-exp.
+    """
+    pixels, dim, heads, kernel = side * side, config.dim, config.heads, config.kernel
+    return LayerCost(
+        heads * pixels * kernel**2,
+        6 * pixels * dim**2 + 4 * pixels * dim * kernel**2 + 2 * pixels * dim * kernel,
+        5 * pixels * dim + heads * pixels,
+    )
+
+
 @register_block("local")
-class LocalSelfAttention(Block):
+class LocalSelfAttention(WindowBlock):
     """SASA stand-alone local self-attention over each pixel's k×k neighbourhood (see the module docstring).
 
     A drop-in for a k×k spatial convolution: 1×1 projections to queries, keys and values, multi-head k×k
@@ -133,8 +170,13 @@ class LocalSelfAttention(Block):
         - Output: (B, out_dim, H / stride, W / stride).
     """
 
-    layout = "map"
-    family = "local"
+    cost_entry = CostEntry(
+        title=lambda config: f"SASA local {config.kernel}×{config.kernel}",
+        cost=local_cost,
+        options=lambda config: {"num_heads": config.heads, "kernel_size": config.kernel},
+        backward=f"{GRADIENTS}; the fused kernel recomputes the probabilities tile by tile in its own scratch "
+        "(not tensors, so not seen on CPU)",
+    )
 
     def __init__(
         self,
@@ -194,7 +236,7 @@ class LocalSelfAttention(Block):
 
 
 @register_block("local_stem")
-class LocalStem(Block):
+class LocalStem(WindowBlock):
     """SASA attention stem: k×k local attention whose values mix ``m`` value embeddings by spatial position.
 
     Logits are those of ``local`` (``q · k + q · r`` over the in-image k×k window). The value of neighbour
@@ -214,9 +256,6 @@ class LocalStem(Block):
         - Input: (B, C, H, W).
         - Output: (B, out_dim, H, W).
     """
-
-    layout = "map"
-    family = "local"
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ from torch import nn
 from typing_extensions import override
 
 from attngraft.blocks._ops import Block, attend, check_divisible, merge_heads, split_heads
+from attngraft.blocks.cost import GRADIENTS, CostEntry, transformer_cost
 from attngraft.blocks.factory import register_block
 from attngraft.blocks.recording import AttentionProbe
 
@@ -32,6 +33,13 @@ class MultiHeadSelfAttention(Block):
 
     layout = "tokens"
     family = "self-attention"
+    cost_entry = CostEntry(
+        title=lambda config: "pixel transformer: MHSA over every pixel",
+        cost=lambda side, config: transformer_cost(side * side, config),
+        options=lambda config: {"num_heads": config.heads},
+        backward=f"{GRADIENTS}; the matrix is recomputed block by block",
+        fused=True,
+    )
 
     def __init__(
         self, dim: int, *, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0

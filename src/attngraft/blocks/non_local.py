@@ -8,8 +8,21 @@ from torch import nn
 from typing_extensions import override
 
 from attngraft.blocks._ops import Block, attend, check_choice
+from attngraft.blocks.cost import GRADIENTS, CostConfig, CostEntry, LayerCost
 from attngraft.blocks.factory import register_block
 from attngraft.blocks.recording import AttentionProbe
+
+
+def non_local_cost(side: int, config: CostConfig) -> LayerCost:
+    """Embedded Gaussian over every pixel: θ, φ, g and output projections, QKᵀ and PV (fused SDPA).
+
+    Kept: q, k, v, the output, a log-sum-exp and the batch norm's input.
+    """
+    pixels, dim = side * side, config.dim
+    inner = max(dim // 2, 1)  # θ, φ, g width
+    return LayerCost(
+        pixels**2, 4 * pixels * dim**2 + 2 * pixels**2 * dim, 2 * pixels * dim + 5 * pixels * inner + pixels + 2 * dim
+    )
 
 
 @register_block("non_local")
@@ -35,6 +48,13 @@ class NonLocalBlock(Block):
 
     layout = "map"
     family = "non-local"
+    cost_entry = CostEntry(
+        title=lambda config: "non-local",
+        cost=non_local_cost,
+        options=lambda config: {},
+        backward=f"{GRADIENTS}; the matrix is recomputed block by block",
+        fused=True,
+    )
 
     def __init__(
         self,
@@ -67,6 +87,18 @@ class NonLocalBlock(Block):
         return key.flatten(2).transpose(1, 2).contiguous(), value.flatten(2).transpose(
             1, 2
         ).contiguous()  # (B, S, inner)
+
+    @override
+    def query_attention(
+        self, probabilities: torch.Tensor, query: tuple[int, int], map_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """One pixel's row of the ([1,] HW, S) recorded affinities, as a (1, h, w) map over the key grid."""
+        height, width = map_size
+        if probabilities.ndim == 3:  # embedded Gaussian: (1, HW, S)
+            probabilities = probabilities[0]
+        row = probabilities[query[0] * width + query[1]]  # (S,)
+        keys = (height // 2, width // 2) if self.subsample else (height, width)
+        return row.reshape(1, *keys)
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:

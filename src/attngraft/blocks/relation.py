@@ -13,9 +13,10 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from attngraft.blocks._ops import Block, check_odd
+from attngraft.blocks._ops import check_odd
+from attngraft.blocks.cost import GRADIENTS, CostConfig, CostEntry, LayerCost
 from attngraft.blocks.factory import register_block
-from attngraft.blocks.local import window_attention
+from attngraft.blocks.local import WindowBlock, window_attention
 from attngraft.blocks.recording import AttentionProbe
 
 
@@ -26,8 +27,25 @@ def relative_offsets(kernel_size: int) -> torch.Tensor:
     return torch.stack(torch.meshgrid(axis, axis, indexing="ij"))
 
 
+GEOMETRY_HIDDEN = 32  # the geometry network's default width, the one costed
+
+
+def relation_cost(side: int, config: CostConfig) -> LayerCost:
+    """The relation layer with ``groups = config.heads``: projections, appearance and geometry logits, aggregation.
+
+    The fused kernel keeps its 2-dim appearance queries and keys, the output and a log-sum-exp.
+    """
+    pixels, dim, groups, taps = side * side, config.dim, config.heads, config.kernel**2
+    geometry = 2 * taps * GEOMETRY_HIDDEN * (2 + groups)
+    return LayerCost(
+        groups * pixels * taps,
+        4 * pixels * dim * groups + 2 * pixels * taps * (2 * groups + dim) + 2 * groups * pixels + geometry,
+        2 * pixels * dim + 6 * groups * pixels + (GEOMETRY_HIDDEN + groups) * taps,
+    )
+
+
 @register_block("local_relation")
-class LocalRelation(Block):
+class LocalRelation(WindowBlock):
     """Local relation layer: ``y_p = Σ_{p' ∈ N_k(p)} ω(p, p') x_p'`` with channels shared within groups.
 
     ``ω = softmax_{p'}(Φ(q_p, k_p') + g(p' − p))`` where q, k are scalar query/key embeddings per channel group
@@ -46,10 +64,20 @@ class LocalRelation(Block):
         - Output: (B, C, H, W).
     """
 
-    layout = "map"
-    family = "local"
+    cost_entry = CostEntry(
+        title=lambda config: f"local relation {config.kernel}×{config.kernel}",
+        cost=relation_cost,
+        options=lambda config: {
+            "groups": config.heads,
+            "kernel_size": config.kernel,
+            "geometry_hidden": GEOMETRY_HIDDEN,
+        },
+        backward=f"{GRADIENTS}; the fused kernel recomputes its weights tile by tile in its own scratch",
+    )
 
-    def __init__(self, dim: int, *, kernel_size: int = 7, groups: int = 8, geometry_hidden: int = 32) -> None:
+    def __init__(
+        self, dim: int, *, kernel_size: int = 7, groups: int = 8, geometry_hidden: int = GEOMETRY_HIDDEN
+    ) -> None:
         super().__init__(dim)
         owner = type(self).__name__
         check_odd(owner, "kernel_size", kernel_size)

@@ -18,6 +18,7 @@ from attngraft.blocks._ops import (
     relative_position_index,
     window_partition,
 )
+from attngraft.blocks.cost import GRADIENTS, CostConfig, CostEntry, LayerCost
 from attngraft.blocks.factory import register_block
 from attngraft.blocks.recording import AttentionProbe
 
@@ -118,6 +119,20 @@ def permute_tokens(x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) 
 CHUNK_ELEMENTS = 1 << 22
 
 
+def window_cost(side: int, config: CostConfig) -> LayerCost:
+    """Attention within w×w windows of the padded map (P pixels): projections, QKᵀ and PV per window.
+
+    Kept: the probabilities and the two token orders (int64, 4P four-byte elements).
+    """
+    window, dim, heads = config.window, config.dim, config.heads
+    padded = (-(-side // window) * window) ** 2
+    return LayerCost(
+        heads * padded * window**2,
+        8 * padded * dim**2 + 4 * padded * dim * window**2,
+        6 * padded * dim + heads * padded * window**2 + 4 * padded,
+    )
+
+
 @register_block("window")
 class WindowAttention(Block):
     """Multi-head self-attention within non-overlapping windows, with a learned relative position bias.
@@ -143,6 +158,12 @@ class WindowAttention(Block):
 
     layout = "map"
     family = "window"
+    cost_entry = CostEntry(
+        title=lambda config: f"Swin windows {config.window}×{config.window}",
+        cost=window_cost,
+        options=lambda config: {"num_heads": config.heads, "window_size": config.window},
+        backward=f"{GRADIENTS}; the gradient of its kept bias-and-mask matrix",
+    )
 
     def __init__(
         self,
@@ -237,6 +258,26 @@ class WindowAttention(Block):
             logits = (queries * scale) @ keys.transpose(-2, -1) + mask  # (chunk, nW·heads, T, T)
             parts.append(F.dropout(logits.softmax(-1), dropout) @ values)
         return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    @override
+    def query_attention(
+        self, probabilities: torch.Tensor, query: tuple[int, int], map_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """One pixel's row of its window, (windows·heads, T, T) recorded, mapped back through the shift and padding."""
+        size, shift, heads = self.window_size, self.shift_size, self.num_heads
+        height, width = map_size
+        padded = (height + (-height % size), width + (-width % size))
+        rolled = ((query[0] - shift) % padded[0], (query[1] - shift) % padded[1])  # the grid was rolled by −shift
+        window = (rolled[0] // size) * (padded[1] // size) + rolled[1] // size
+        token = (rolled[0] % size) * size + rolled[1] % size
+        row = probabilities[window * heads : (window + 1) * heads, token]  # (heads, T)
+        top, left = rolled[0] - rolled[0] % size, rolled[1] - rolled[1] % size
+        positions = torch.arange(size, device=row.device)
+        rows = (top + positions + shift) % padded[0]
+        cols = (left + positions + shift) % padded[1]
+        canvas = row.new_zeros(heads, *padded)
+        canvas[:, rows[:, None], cols[None, :]] = row.reshape(heads, size, size)
+        return canvas[:, :height, :width]  # (heads, H, W)
 
     @override
     def extra_repr(self) -> str:

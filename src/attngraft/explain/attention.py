@@ -2,9 +2,10 @@
 
 Token blocks (``mhsa``, ``graph``, ``reattention``) give (B, heads, N, N) maps over a transformer's tokens; their
 layers combine by attention rollout (Abnar & Zuidema 2020) and the class token's row, over the patch grid, becomes
-a map on the image. Map blocks give, for a chosen query pixel, the distribution over the pixels it attends to:
-``local``-family blocks over its k×k window, ``window`` over its (shifted) Swin window, ``non_local`` over the
-whole (possibly subsampled) map.
+a map on the image. Map blocks give, for a chosen query pixel, the distribution over the pixels it attends to
+(``local``-family blocks over its k×k window, ``window`` over its (shifted) Swin window, ``non_local`` over the
+whole, possibly subsampled, map): each block draws its own (:meth:`attngraft.blocks.Block.query_attention`), so a
+new block needs nothing here.
 
 Recording uses :func:`attngraft.blocks.record_attention`: the blocks take their probability-materialising path
 only inside it; the hooks are removed afterwards.
@@ -21,12 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attngraft.blocks import AttentionProbe, record_attention
-from attngraft.blocks.non_local import NonLocalBlock
-from attngraft.blocks.window import WindowAttention
+from attngraft.blocks import AttentionProbe, Block, record_attention
 from attngraft.errors import ConfigError
 
-KINDS = ("tokens", "local", "window", "non_local")
+KINDS = ("tokens", "map")
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,8 @@ class AttentionRecord:
 
     Attributes:
         name: The block's module path.
-        kind: "tokens", "local", "window" or "non_local".
+        kind: "tokens" (a token mixer's (B, heads, N, N) matrices) or "map" (a map block that draws query maps:
+            :meth:`attngraft.blocks.Block.query_attention`).
         probabilities: As the block's probe received them (see each kind's layout in the module docstring).
         map_size: The block's input map (H, W) for map blocks; the patch grid (rows, cols) for token blocks.
         prefix_tokens: Class/distillation tokens ahead of the patches (token blocks; 0 for map blocks).
@@ -110,18 +110,9 @@ def _describe(
     if getattr(block, "layout", None) == "tokens" and probabilities.ndim == 4:
         prefix, grid = token_layout(model, name, probabilities.shape[-1], (int(image_size[0]), int(image_size[1])))
         return AttentionRecord(name, "tokens", probabilities, grid, prefix, block)
-    if len(input_shape) != 4:
+    if len(input_shape) != 4 or not (isinstance(block, Block) and block.draws_query_maps()):
         return None
-    map_size = (input_shape[2], input_shape[3])
-    if probabilities.ndim == 6:
-        kind = "local"
-    elif isinstance(block, WindowAttention):
-        kind = "window"
-    elif isinstance(block, NonLocalBlock):
-        kind = "non_local"
-    else:
-        return None
-    return AttentionRecord(name, kind, probabilities, map_size, 0, block)
+    return AttentionRecord(name, "map", probabilities, (input_shape[2], input_shape[3]), 0, block)
 
 
 def token_layout(model: nn.Module, name: str, tokens: int, image_size: tuple[int, int]) -> tuple[int, tuple[int, int]]:
@@ -199,8 +190,10 @@ def token_map(attention: torch.Tensor, prefix_tokens: int, grid: tuple[int, int]
 def query_map(record: AttentionRecord, queries: torch.Tensor) -> torch.Tensor:
     """Where each image's query pixel attends, per head, on the block's key map.
 
+    The block draws it (:meth:`attngraft.blocks.Block.query_attention`).
+
     Args:
-        record: A map block's record ("local", "window" or "non_local").
+        record: A map block's record.
         queries: (B, 2) integer (row, col) of the query pixel in the block's map.
 
     Shape:
@@ -208,55 +201,15 @@ def query_map(record: AttentionRecord, queries: torch.Tensor) -> torch.Tensor:
           subsampled). Softmax maps sum to 1; a dot-product non-local block's row is its affinities divided by the
           number of keys.
     """
-    readers = {"local": _local_query, "window": _window_query, "non_local": _non_local_query}
-    if record.kind not in readers:
+    block = record.block
+    if record.kind != "map" or not isinstance(block, Block):
         raise ValueError(f"{record.name}: query maps are for map blocks, not {record.kind!r} blocks")
     return torch.stack(
-        [readers[record.kind](record, index, (int(row), int(col))) for index, (row, col) in enumerate(queries)]
+        [
+            block.query_attention(record.probabilities[index], (int(row), int(col)), record.map_size)
+            for index, (row, col) in enumerate(queries)
+        ]
     )
-
-
-def _local_query(record: AttentionRecord, index: int, query: tuple[int, int]) -> torch.Tensor:
-    """k×k window weights (heads, H, W, k, k) of one pixel, placed around it on the (H, W) map."""
-    weights = record.probabilities[index, :, query[0], query[1]]  # (heads, k, k)
-    kernel = weights.shape[-1]
-    radius = kernel // 2
-    height, width = record.map_size
-    canvas = weights.new_zeros(weights.shape[0], height + 2 * radius, width + 2 * radius)
-    canvas[:, query[0] : query[0] + kernel, query[1] : query[1] + kernel] = weights
-    return canvas[:, radius : radius + height, radius : radius + width]  # (heads, H, W)
-
-
-def _window_query(record: AttentionRecord, index: int, query: tuple[int, int]) -> torch.Tensor:
-    """One pixel's row of its Swin window (B, windows·heads, T, T), mapped back through the shift and padding."""
-    block = record.block
-    if not isinstance(block, WindowAttention):
-        raise TypeError(f"{record.name}: a window record needs a WindowAttention block, got {type(block).__name__}")
-    size, shift, heads = block.window_size, block.shift_size, block.num_heads
-    height, width = record.map_size
-    padded = (height + (-height % size), width + (-width % size))
-    rolled = ((query[0] - shift) % padded[0], (query[1] - shift) % padded[1])  # the grid was rolled by −shift
-    window = (rolled[0] // size) * (padded[1] // size) + rolled[1] // size
-    token = (rolled[0] % size) * size + rolled[1] % size
-    row = record.probabilities[index, window * heads : (window + 1) * heads, token]  # (heads, T)
-    top, left = rolled[0] - rolled[0] % size, rolled[1] - rolled[1] % size
-    positions = torch.arange(size, device=row.device)
-    rows = (top + positions + shift) % padded[0]
-    cols = (left + positions + shift) % padded[1]
-    canvas = row.new_zeros(heads, *padded)
-    canvas[:, rows[:, None], cols[None, :]] = row.reshape(heads, size, size)
-    return canvas[:, :height, :width]  # (heads, H, W)
-
-
-def _non_local_query(record: AttentionRecord, index: int, query: tuple[int, int]) -> torch.Tensor:
-    """One pixel's row of the (B, [1,] HW, S) affinities, as a map over the key grid."""
-    height, width = record.map_size
-    probabilities = record.probabilities[index]
-    if probabilities.ndim == 3:  # embedded Gaussian: (1, HW, S)
-        probabilities = probabilities[0]
-    row = probabilities[query[0] * width + query[1]]  # (S,)
-    keys = (height // 2, width // 2) if getattr(record.block, "subsample", False) else (height, width)
-    return row.reshape(1, *keys)
 
 
 def to_image(maps: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:

@@ -1,5 +1,8 @@
 """The cost of one attention layer as the image grows: analytic formulas, checked against the blocks themselves.
 
+Each block states its own formula (:attr:`attngraft.blocks.Block.cost_entry`, with the formula beside the block);
+this module turns every costed block into a design (plus the ViT, ``mhsa`` over patches) and measures it.
+
 For an image side R (N = R² pixels), channels C, h heads (groups G = h for the relation layer), patch p, kernel k,
 window w, one layer on one image, fp32:
 
@@ -29,79 +32,26 @@ input, no N² matrix.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from attngraft.blocks import create_block, record_attention
+from attngraft.blocks import BLOCKS, create_block, record_attention
+from attngraft.blocks.cost import (
+    BYTES_PER_ELEMENT,
+    GRADIENTS,
+    CostConfig,
+    CostEntry,
+    LayerCost,
+    transformer_cost,
+)
 from attngraft.errors import UnknownNameError
 from attngraft.models.cost import flops
 from attngraft.registry import Registry, unknown_name_message
 
-BYTES_PER_ELEMENT = 4  # fp32
-GEOMETRY_HIDDEN = 32  # the relation layer's default geometry network width
-
-
-@dataclass(frozen=True)
-class CostConfig:
-    """The layer every design is costed with.
-
-    Attributes:
-        dim: Channels C.
-        heads: Attention heads h (the relation layer's groups).
-        patch: ViT patch side p.
-        kernel: Local attention's odd kernel side k.
-        window: Swin window side w.
-
-    Raises:
-        ValueError: On a setting no block accepts, naming it.
-    """
-
-    dim: int = 64
-    heads: int = 8
-    patch: int = 4
-    kernel: int = 7
-    window: int = 7
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if value < 1:
-                raise ValueError(f"{name}={value} must be positive")
-        if self.dim % self.heads or (self.dim // self.heads) % 2:
-            raise ValueError(
-                f"heads={self.heads} must divide dim={self.dim} into an even head dim (local attention splits it "
-                "between row and column offsets)"
-            )
-        if self.kernel % 2 == 0:
-            raise ValueError(f"kernel={self.kernel} must be odd (a pixel's window is centred on it)")
-
-
-@dataclass(frozen=True)
-class LayerCost:
-    """One layer's cost on one image.
-
-    Attributes:
-        entries: Attention-matrix entries (all heads).
-        flops: Forward FLOPs of the layer (projections and attention; not norms, softmax or the MLP).
-        activations: Elements kept for the backward, parameters excluded.
-    """
-
-    entries: int
-    flops: int
-    activations: int
-
-    @property
-    def attention_bytes(self) -> int:
-        """Memory of the attention matrices, materialised in fp32."""
-        return self.entries * BYTES_PER_ELEMENT
-
-    @property
-    def activation_bytes(self) -> int:
-        """Memory kept for the backward in fp32."""
-        return self.activations * BYTES_PER_ELEMENT
+__all__ = ["BYTES_PER_ELEMENT", "DESIGNS", "CostConfig", "Design", "LayerCost", "layer_cost", "measured_cost"]
 
 
 @dataclass(frozen=True)
@@ -158,142 +108,39 @@ def _vit_tokens(side: int, config: CostConfig) -> int:
     return (side // config.patch) ** 2 + 1
 
 
-def _transformer_cost(tokens: int, config: CostConfig) -> LayerCost:
-    """Fused multi-head self-attention over ``tokens`` tokens: qkv and output projections, QKᵀ and PV."""
-    dim, heads = config.dim, config.heads
-    return LayerCost(heads * tokens**2, 8 * tokens * dim**2 + 4 * tokens**2 * dim, 5 * tokens * dim + heads * tokens)
-
-
-def _graph_cost(side: int, config: CostConfig) -> LayerCost:
-    pixels, dim, heads = _pixels(side), config.dim, config.heads
-    return LayerCost(
-        heads * pixels**2,
-        4 * pixels * dim**2 + 4 * pixels * dim + 2 * pixels**2 * dim,
-        3 * pixels * dim + 2 * heads * pixels**2,
+def _design(name: str, entry: CostEntry) -> Design:
+    """The design of block ``name`` from its own cost entry."""
+    return Design(
+        title=entry.title,
+        cost=entry.cost,
+        block=lambda config: create_block(name, config.dim, **entry.options(config)),
+        input_shape=_tokens if BLOCKS.get(name).layout == "tokens" else _map,
+        backward=entry.backward,
+        fused=entry.fused,
     )
 
 
-def _local_cost(side: int, config: CostConfig) -> LayerCost:
-    pixels, dim, heads, kernel = _pixels(side), config.dim, config.heads, config.kernel
-    return LayerCost(
-        heads * pixels * kernel**2,
-        6 * pixels * dim**2 + 4 * pixels * dim * kernel**2 + 2 * pixels * dim * kernel,
-        5 * pixels * dim + heads * pixels,
+def _vit_design() -> Design:
+    """A ViT: ``mhsa`` over p×p patches plus a class token."""
+    return Design(
+        title=lambda config: f"ViT, {config.patch}×{config.patch} patches + class token",
+        cost=lambda side, config: transformer_cost(_vit_tokens(side, config), config),
+        block=lambda config: create_block("mhsa", config.dim, num_heads=config.heads),
+        input_shape=lambda side, config: (1, _vit_tokens(side, config), config.dim),
+        backward=f"{GRADIENTS}; the matrix is recomputed block by block",
+        fused=True,
     )
-
-
-def _relation_cost(side: int, config: CostConfig) -> LayerCost:
-    pixels, dim, groups, taps = _pixels(side), config.dim, config.heads, config.kernel**2
-    geometry = 2 * taps * GEOMETRY_HIDDEN * (2 + groups)
-    return LayerCost(
-        groups * pixels * taps,
-        4 * pixels * dim * groups + 2 * pixels * taps * (2 * groups + dim) + 2 * groups * pixels + geometry,
-        2 * pixels * dim + 6 * groups * pixels + (GEOMETRY_HIDDEN + groups) * taps,
-    )
-
-
-def _window_cost(side: int, config: CostConfig) -> LayerCost:
-    window, dim, heads = config.window, config.dim, config.heads
-    padded = (math.ceil(side / window) * window) ** 2
-    return LayerCost(
-        heads * padded * window**2,
-        8 * padded * dim**2 + 4 * padded * dim * window**2,
-        6 * padded * dim + heads * padded * window**2 + 4 * padded,
-    )
-
-
-def _non_local_cost(side: int, config: CostConfig) -> LayerCost:
-    pixels, dim = _pixels(side), config.dim
-    inner = max(dim // 2, 1)  # the block's θ, φ, g width
-    return LayerCost(
-        pixels**2, 4 * pixels * dim**2 + 2 * pixels**2 * dim, 2 * pixels * dim + 5 * pixels * inner + pixels + 2 * dim
-    )
-
-
-GRADIENTS = "the gradients of the output, the input and the weights"
 
 
 def _register() -> None:
-    DESIGNS.add(
-        "mhsa",
-        Design(
-            title=lambda config: "pixel transformer: MHSA over every pixel",
-            cost=lambda side, config: _transformer_cost(_pixels(side), config),
-            block=lambda config: create_block("mhsa", config.dim, num_heads=config.heads),
-            input_shape=_tokens,
-            backward=f"{GRADIENTS}; the matrix is recomputed block by block",
-            fused=True,
-        ),
-    )
-    DESIGNS.add(
-        "vit",
-        Design(
-            title=lambda config: f"ViT, {config.patch}×{config.patch} patches + class token",
-            cost=lambda side, config: _transformer_cost(_vit_tokens(side, config), config),
-            block=lambda config: create_block("mhsa", config.dim, num_heads=config.heads),
-            input_shape=lambda side, config: (1, _vit_tokens(side, config), config.dim),
-            backward=f"{GRADIENTS}; the matrix is recomputed block by block",
-            fused=True,
-        ),
-    )
-    DESIGNS.add(
-        "graph",
-        Design(
-            title=lambda config: "graph attention over every pixel",
-            cost=_graph_cost,
-            block=lambda config: create_block("graph", config.dim, num_heads=config.heads),
-            input_shape=_tokens,
-            backward=f"{GRADIENTS}; the gradients of its kept scores and probabilities",
-        ),
-    )
-    DESIGNS.add(
-        "local",
-        Design(
-            title=lambda config: f"SASA local {config.kernel}×{config.kernel}",
-            cost=_local_cost,
-            block=lambda config: create_block("local", config.dim, num_heads=config.heads, kernel_size=config.kernel),
-            input_shape=_map,
-            backward=f"{GRADIENTS}; the fused kernel recomputes the probabilities tile by tile in its own scratch "
-            "(not tensors, so not seen on CPU)",
-        ),
-    )
-    DESIGNS.add(
-        "local_relation",
-        Design(
-            title=lambda config: f"local relation {config.kernel}×{config.kernel}",
-            cost=_relation_cost,
-            block=lambda config: create_block(
-                "local_relation",
-                config.dim,
-                groups=config.heads,
-                kernel_size=config.kernel,
-                geometry_hidden=GEOMETRY_HIDDEN,
-            ),
-            input_shape=_map,
-            backward=f"{GRADIENTS}; the fused kernel recomputes its weights tile by tile in its own scratch",
-        ),
-    )
-    DESIGNS.add(
-        "window",
-        Design(
-            title=lambda config: f"Swin windows {config.window}×{config.window}",
-            cost=_window_cost,
-            block=lambda config: create_block("window", config.dim, num_heads=config.heads, window_size=config.window),
-            input_shape=_map,
-            backward=f"{GRADIENTS}; the gradient of its kept bias-and-mask matrix",
-        ),
-    )
-    DESIGNS.add(
-        "non_local",
-        Design(
-            title=lambda config: "non-local",
-            cost=_non_local_cost,
-            block=lambda config: create_block("non_local", config.dim),
-            input_shape=_map,
-            backward=f"{GRADIENTS}; the matrix is recomputed block by block",
-            fused=True,
-        ),
-    )
+    """Every block with a cost entry (:attr:`attngraft.blocks.Block.cost_entry`); pixel transformer and ViT first."""
+    costed = [name for name in BLOCKS.names() if BLOCKS.get(name).cost_entry is not None]
+    for name in sorted(costed, key=lambda name: name != "mhsa"):
+        entry = BLOCKS.get(name).cost_entry
+        if entry is not None:
+            DESIGNS.add(name, _design(name, entry))
+        if name == "mhsa":
+            DESIGNS.add("vit", _vit_design())
 
 
 _register()
