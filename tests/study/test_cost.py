@@ -5,9 +5,8 @@ import json
 import pytest
 import torch
 
-from attngraft.blocks import create_block
+from attngraft.blocks import BLOCKS, create_block
 from attngraft.cli import main
-from attngraft.blocks import BLOCKS
 from attngraft.study.cost import DESIGNS, CostConfig, design_name, measured_cost, peak_bytes, saved_bytes
 
 CONFIGS = [CostConfig(dim=32, heads=4), CostConfig(dim=16, heads=2, patch=2, kernel=3, window=4)]
