@@ -3,6 +3,7 @@ the compiled kernel's build, cache and fallback."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -223,3 +224,60 @@ def test_flex_attention_forward_equals_the_reference(case: tuple, dtype: torch.d
         result = with_backend("flex")(case[6], **dict(inputs))
     tolerance = {"atol": 1e-12, "rtol": 1e-10} if dtype == torch.float64 else {"atol": 1e-5, "rtol": 1e-4}
     torch.testing.assert_close(result, expected, **tolerance)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"key": torch.zeros(1, 2, 4, 3, 6)}, r"key shape \(1, 2, 4, 3, 6\) must equal the query's \(1, 2, 4, 3, 5\)"),
+        ({"value": torch.zeros(1, 1, 4, 3, 5)}, r"value must be \(1, 2, Dv, 3, 5\), got shape \(1, 1, 4, 3, 5\)"),
+        ({"row_embedding": torch.zeros(1, 3, 2)}, r"row_embedding must be \(2, 3, d\) with 1 ≤ d ≤ 4"),
+        ({"col_embedding": torch.zeros(2, 3, 5)}, r"col_embedding must be \(2, 3, d\) with 1 ≤ d ≤ 4"),
+        ({"offset_bias": torch.zeros(1, 9)}, r"offset_bias must be \(2, 9\), got shape \(1, 9\)"),
+        ({"kernel_size": 4}, "kernel_size must be a positive odd integer, got 4"),
+    ],
+)
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+def test_mismatched_shapes_are_refused_naming_the_tensor(backend: str, change: dict, message: str) -> None:
+    """No broadcasting: a head-less embedding would make the compiled kernel read past its end."""
+    inputs = {
+        "query": torch.zeros(1, 2, 4, 3, 5),
+        "key": torch.zeros(1, 2, 4, 3, 5),
+        "value": torch.zeros(1, 2, 4, 3, 5),
+    }
+    inputs["kernel_size"] = 3
+    inputs.update(change)
+    with pytest.raises(ValueError, match=message):
+        kernels.neighbourhood_attention(**inputs, backend=backend)
+
+
+def test_an_empty_batch_gives_an_empty_output() -> None:
+    empty = torch.zeros(0, 2, 4, 3, 5)
+    assert kernels.neighbourhood_attention(empty, empty, empty, 3).shape == (0, 2, 4, 3, 5)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_operators_pass_opcheck(dtype: torch.dtype) -> None:
+    """Schemas, fake tensors (shapes, dtypes, strides) and autograd registration, by PyTorch's own checker."""
+    from attngraft.blocks.kernels import cpu  # noqa: F401  (registers the operators)
+
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 3, 2, 4, 3, 5, dtype=dtype).transpose(-1, -2).requires_grad_()  # not contiguous
+    row, col = (torch.randn(2, 3, 2, dtype=dtype, requires_grad=True) for _ in range(2))
+    torch.library.opcheck(torch.ops.attngraft.packed_neighbourhood_attention, (qkv, row, col, None, 3))
+    query, key, value = (tensor.detach().requires_grad_() for tensor in qkv.unbind(1))
+    offset = torch.randn(2, 9, dtype=dtype, requires_grad=True)
+    torch.library.opcheck(torch.ops.attngraft.neighbourhood_attention, (query, key, value, None, None, offset, 3))
+
+
+@pytest.mark.skipif(native.compiler() is None, reason="no C++ compiler")
+def test_the_cached_library_is_readable_by_everyone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shared cache ($ATTNGRAFT_KERNEL_CACHE) must serve other users too (mkstemp makes files 0600)."""
+    monkeypatch.setenv("ATTNGRAFT_KERNEL_CACHE", str(tmp_path))
+    previous = os.umask(0o022)
+    try:
+        path = native.build()
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o755

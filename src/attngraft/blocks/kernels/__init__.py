@@ -78,9 +78,44 @@ def choose_backend(device: torch.device, preferred: str | None = None) -> str:
 
 
 def plain_path_required(query: torch.Tensor) -> bool:
-    """Exporting, tracing and meta tensors (FLOP counting) take the plain reference path."""
+    """Exporting, tracing, meta tensors (FLOP counting) and empty inputs take the plain reference path."""
     # _is_tracing: torch.jit.is_tracing, typed
-    return query.device.type == "meta" or torch.compiler.is_exporting() or torch._C._is_tracing()
+    exporting = torch.compiler.is_exporting() or torch._C._is_tracing()
+    return exporting or query.device.type == "meta" or query.numel() == 0
+
+
+def check_shapes(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    kernel_size: int,
+    embeddings: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+) -> None:
+    """Raises ``ValueError`` naming the tensor whose shape does not fit the query's (no broadcasting)."""
+    if query.ndim != 5:
+        raise ValueError(f"k×k attention: query must be (B, heads, D, H, W), got shape {tuple(query.shape)}")
+    batch, heads, dim, height, width = query.shape
+    if tuple(key.shape) != tuple(query.shape):
+        raise ValueError(f"k×k attention: key shape {tuple(key.shape)} must equal the query's {tuple(query.shape)}")
+    if value.ndim != 5 or (value.shape[:2], value.shape[3:]) != (query.shape[:2], query.shape[3:]):
+        raise ValueError(
+            f"k×k attention: value must be ({batch}, {heads}, Dv, {height}, {width}), got shape {tuple(value.shape)}"
+        )
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"k×k attention: kernel_size must be a positive odd integer, got {kernel_size}")
+    row, col, offset = embeddings
+    for name, embedding in (("row_embedding", row), ("col_embedding", col)):
+        if embedding is not None and (
+            embedding.ndim != 3 or embedding.shape[:2] != (heads, kernel_size) or not 1 <= embedding.shape[2] <= dim
+        ):
+            raise ValueError(
+                f"k×k attention: {name} must be ({heads}, {kernel_size}, d) with 1 ≤ d ≤ {dim}, "
+                f"got shape {tuple(embedding.shape)}"
+            )
+    if offset is not None and tuple(offset.shape) != (heads, kernel_size**2):
+        raise ValueError(
+            f"k×k attention: offset_bias must be ({heads}, {kernel_size**2}), got shape {tuple(offset.shape)}"
+        )
 
 
 def neighbourhood_attention(
@@ -110,6 +145,7 @@ def neighbourhood_attention(
         (B, heads, Dv, H, W).
     """
     check_backend(backend)
+    check_shapes(query, key, value, kernel_size, (row_embedding, col_embedding, offset_bias))
     # One dtype for everything the kernels save (under bf16 autocast the projections are bf16, parameters fp32).
     dtype = query.dtype
     key, value = key.to(dtype), value.to(dtype)
@@ -145,6 +181,10 @@ def packed_neighbourhood_attention(
     stacking of three gradients out); the other backends unbind it.
     """
     check_backend(backend)
+    if qkv.ndim != 6 or qkv.shape[1] != 3:
+        raise ValueError(f"k×k attention: qkv must be (B, 3, heads, D, H, W), got shape {tuple(qkv.shape)}")
+    query, key, value = qkv.unbind(1)
+    check_shapes(query, key, value, kernel_size, (row_embedding, col_embedding, offset_bias))
     if not plain_path_required(qkv) and choose_backend(qkv.device, backend) == "native":
         from attngraft.blocks.kernels import cpu  # noqa: F401  (registers the operators on first use)
 
@@ -152,7 +192,6 @@ def packed_neighbourhood_attention(
             None if tensor is None else tensor.to(qkv.dtype) for tensor in (row_embedding, col_embedding, offset_bias)
         )
         return torch.ops.attngraft.packed_neighbourhood_attention(qkv, *embeddings, kernel_size)[0]
-    query, key, value = qkv.unbind(1)
     return neighbourhood_attention(
         query, key, value, kernel_size, row_embedding=row_embedding, col_embedding=col_embedding,
         offset_bias=offset_bias, backend=backend,

@@ -105,8 +105,8 @@ def _backward(
     call.grad_query_stride, call.grad_key_stride, call.grad_value_stride = (grad.stride(0) for grad in grads)
     call.grad_row_embedding, call.grad_col_embedding, call.grad_offset_bias = (_address(t) for t in per_plane)
     native.run("backward", call, double=dtype == torch.float64)
-    return [
-        query.new_empty(0) if grad is None or original is None else grad.sum(0).to(original.dtype)
+    return [  # an absent one: a fresh empty tensor (outputs must not alias) in the incoming gradient's dtype
+        torch.empty(0, dtype=saved[2].dtype) if grad is None or original is None else grad.sum(0).to(original.dtype)
         for grad, original in zip(per_plane, embeddings, strict=True)
     ]
 
@@ -193,9 +193,9 @@ def _fake_output(query: torch.Tensor, value_dim: int) -> tuple[torch.Tensor, tor
     return out, query.new_empty(batch, heads, height, width, dtype=_kernel_dtype(query.dtype))
 
 
-def _fake_grads(inputs: tuple[torch.Tensor | None, ...]) -> list[torch.Tensor]:
-    empty = next(tensor for tensor in inputs if tensor is not None).new_empty(0)
-    return [empty if tensor is None else torch.empty_like(tensor) for tensor in inputs]
+def _fake_grads(inputs: tuple[torch.Tensor | None, ...], grad_out: torch.Tensor) -> list[torch.Tensor]:
+    """Contiguous gradients shaped like the inputs (as the kernel writes them); an absent one is empty."""
+    return [grad_out.new_empty(0) if tensor is None else tensor.new_empty(tensor.shape) for tensor in inputs]
 
 
 @neighbourhood_attention.register_fake
@@ -205,7 +205,7 @@ def _(query, key, value, row_embedding, col_embedding, offset_bias, kernel_size)
 
 @neighbourhood_attention_backward.register_fake
 def _(query, key, value, row_embedding, col_embedding, offset_bias, out, log_normaliser, grad_out, kernel_size):  # type: ignore[no-untyped-def]
-    return _fake_grads((query, key, value, row_embedding, col_embedding, offset_bias))
+    return _fake_grads((query, key, value, row_embedding, col_embedding, offset_bias), grad_out)
 
 
 @packed_neighbourhood_attention.register_fake
@@ -215,7 +215,7 @@ def _(qkv, row_embedding, col_embedding, offset_bias, kernel_size):  # type: ign
 
 @packed_neighbourhood_attention_backward.register_fake
 def _(qkv, row_embedding, col_embedding, offset_bias, out, log_normaliser, grad_out, kernel_size):  # type: ignore[no-untyped-def]
-    return _fake_grads((qkv, row_embedding, col_embedding, offset_bias))
+    return _fake_grads((qkv, row_embedding, col_embedding, offset_bias), grad_out)
 
 
 def _save(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:

@@ -98,6 +98,9 @@ def build(force: bool = False) -> Path:
         result = subprocess.run(compile_command(cxx, Path(temporary)), capture_output=True, text=True, check=False)
         if result.returncode:
             raise RuntimeError(f"compiling {SOURCE.name} failed:\n{result.stderr.strip()}")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o755 & ~umask)  # mkstemp made it 0600: a shared cache must be readable by all
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
@@ -153,7 +156,7 @@ class Call(ctypes.Structure):
 
 
 PROBLEMS = {1: "a size is not positive", 2: "the kernel size is not odd", 3: "an embedding is wider than the query",
-            4: "a tensor is missing"}  # fmt: skip
+            4: "a tensor is missing", 5: "out of memory for the kernel's scratch"}  # fmt: skip
 
 
 def run(direction: str, call: Call, double: bool) -> None:

@@ -20,10 +20,12 @@
 // tiles gives dL/dlogits and the query gradient; pass 2 over key tiles gathers the key and value gradients from
 // the queries whose windows hold each key, so no scattered writes are needed.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -547,14 +549,20 @@ struct FlushSubnormals {
 // planes and its own scratch. With OpenMP the threads are the OpenMP runtime's: PyTorch's own when it loaded
 // libgomp.so.1 first (the loader then reuses it), so the kernel and PyTorch's operators share one thread pool
 // instead of competing for the cores.
+// Returns false when a thread could not allocate its scratch (nothing may throw out of a thread or through C).
 template <typename S, typename Work>
-void over_planes(const Call& call, const Dims& d, bool backward, Work work) {
+bool over_planes(const Call& call, const Dims& d, bool backward, Work work) {
   const int64_t planes = call.batch * call.heads;
   const int64_t count = std::max<int64_t>(1, std::min<int64_t>(call.threads, planes));
+  std::atomic<bool> failed{false};
   auto run = [&](int64_t part) {
     const FlushSubnormals flush;
-    Scratch<S> scratch(d, backward);
-    for (int64_t n = planes * part / count; n < planes * (part + 1) / count; ++n) work(n, scratch);
+    try {
+      Scratch<S> scratch(d, backward);
+      for (int64_t n = planes * part / count; n < planes * (part + 1) / count; ++n) work(n, scratch);
+    } catch (const std::bad_alloc&) {
+      failed = true;
+    }
   };
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(count) schedule(static, 1)
@@ -565,6 +573,7 @@ void over_planes(const Call& call, const Dims& d, bool backward, Work work) {
   run(0);
   for (auto& thread : pool) thread.join();
 #endif
+  return !failed;
 }
 
 // 0 when the call is well formed, else a code naming what is wrong (native.py turns it into a message).
@@ -581,8 +590,7 @@ template <typename S>
 int forward(const Call* call) {
   if (const int error = check(*call)) return error;
   const Dims d(*call);
-  over_planes<S>(*call, d, false, [&](int64_t n, Scratch<S>& s) { forward_plane(*call, n, d, s); });
-  return 0;
+  return over_planes<S>(*call, d, false, [&](int64_t n, Scratch<S>& s) { forward_plane(*call, n, d, s); }) ? 0 : 5;
 }
 
 template <typename S>
@@ -590,8 +598,7 @@ int backward(const Call* call) {
   if (const int error = check(*call)) return error;
   if (!call->lse || !call->grad_out || !call->grad_query || !call->grad_key || !call->grad_value) return 4;
   const Dims d(*call);
-  over_planes<S>(*call, d, true, [&](int64_t n, Scratch<S>& s) { backward_plane(*call, n, d, s); });
-  return 0;
+  return over_planes<S>(*call, d, true, [&](int64_t n, Scratch<S>& s) { backward_plane(*call, n, d, s); }) ? 0 : 5;
 }
 
 }  // namespace
