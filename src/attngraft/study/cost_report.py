@@ -287,7 +287,8 @@ def write_cost_report(
         f"# Attention cost per layer and image (C = {config.dim}, {config.heads} heads, p = {config.patch}, "
         f"k = {config.kernel}, w = {config.window}, fp{8 * BYTES_PER_ELEMENT})\n\n"
         f"- Command: `{command}`\n- Measured on: {device_name}; budget {gib(budget_bytes)}\n"
-        "- Analytic columns: each block's formula (its `cost_entry`, beside the block in `attngraft.blocks`); measured columns: the blocks on one random "
+        "- Analytic columns: each block's formula (its `cost_entry`, beside the block in `attngraft.blocks`); "
+        "measured columns: the blocks on one random "
         f"image, for sizes whose matrices and estimated peak ({PEAK_ESTIMATE}× the activations) fit "
         f"{measure_bytes / MIB:,.0f} MiB (the others are analytic only, never run)\n"
     )
