@@ -162,3 +162,17 @@ def test_attention_flops_count_the_elementwise_multiply_adds_of_k_by_k_blocks(na
     with torch.no_grad(), use_backend("reference"), _Multiplies() as multiplies:
         block(x)
     assert block.attention_flops(x.shape) == 2 * multiplies.count > 0
+
+
+def test_window_does_not_shift_a_map_that_fits_in_one_window() -> None:
+    """As Swin and timm: with one window there is nothing to connect, and a shift would only scramble the bias."""
+    torch.manual_seed(0)
+    shifted = create_block("window", 16, num_heads=2, window_size=8, shift_size=4).eval()
+    randomise_parameters(shifted)
+    plain = create_block("window", 16, num_heads=2, window_size=8, shift_size=0).eval()
+    plain.load_state_dict(shifted.state_dict())
+    for size in ((8, 8), (5, 7)):
+        x = torch.randn(2, 16, *size)
+        torch.testing.assert_close(shifted(x), plain(x))
+    wider = torch.randn(2, 16, 8, 12)  # two windows across: the shift matters
+    assert not torch.allclose(shifted(wider), plain(wider))

@@ -138,6 +138,8 @@ def window_attention_loop(block, x: torch.Tensor) -> torch.Tensor:
     """Swin by its definition: shift, pad, then a loop over every window and head, masking by region."""
     batch, dim, height, width = x.shape
     size, shift, heads = block.window_size, block.shift_size, block.num_heads
+    if height <= size and width <= size:  # Swin (and timm): a map that fits in one window is not shifted
+        shift = 0
     head_dim = dim // heads
     grid = x.permute(0, 2, 3, 1)
     padded = (math.ceil(height / size) * size, math.ceil(width / size) * size)

@@ -138,7 +138,8 @@ class WindowAttention(Block):
     """Multi-head self-attention within non-overlapping windows, with a learned relative position bias.
 
     With ``shift_size > 0`` the map is cyclically shifted before partitioning and masked so that windows only
-    mix pixels that are adjacent in the image (Swin's shifted windows). Maps whose sides are not multiples of
+    mix pixels that are adjacent in the image (Swin's shifted windows); a map that fits in one window is not
+    shifted (as in Swin and timm: there is nothing to connect across windows). Maps whose sides are not multiples of
     the window are padded at the bottom/right; padded pixels are never attended to, so outputs do not depend on
     the padding.
 
@@ -201,11 +202,19 @@ class WindowAttention(Block):
         index: torch.Tensor = self.relative_index  # type: ignore[assignment]
         return self.relative_bias_table[index.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1)
 
+    def shift_for(self, height: int, width: int) -> int:
+        """The shift used on an H×W map: none when the map fits in one window (as Swin and timm do)."""
+        return 0 if height <= self.window_size and width <= self.window_size else self.shift_size
+
     def window_mask(
         self, height: int, width: int, pad: tuple[int, int], device: torch.device, dtype: torch.dtype
     ) -> torch.Tensor:
-        """Additive mask of every (window, head): relative bias where allowed, -inf elsewhere: (nW*heads, T, T)."""
-        allowed = window_attention_mask(height, width, self.window_size, self.shift_size, pad).to(device)
+        """Additive mask of every (window, head): relative bias where allowed, -inf elsewhere: (nW*heads, T, T).
+
+        ``height`` and ``width`` are the padded sides; the shift is that of the unpadded map.
+        """
+        shift = self.shift_for(height - pad[0], width - pad[1])
+        allowed = window_attention_mask(height, width, self.window_size, shift, pad).to(device)
         blocked = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
         mask = self.relative_bias().to(dtype)[None] + blocked[:, None]  # (nW, heads, T, T)
         return mask.flatten(0, 1)
@@ -214,7 +223,7 @@ class WindowAttention(Block):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         batch, channels, height, width = x.shape
-        size, shift = self.window_size, self.shift_size
+        size, shift = self.window_size, self.shift_for(height, width)
         pad = (-height % size, -width % size)
         grid = x.permute(0, 2, 3, 1)  # (B, H, W, C)
         if pad != (0, 0):
@@ -264,8 +273,8 @@ class WindowAttention(Block):
         self, probabilities: torch.Tensor, query: tuple[int, int], map_size: tuple[int, int]
     ) -> torch.Tensor:
         """One pixel's row of its window, (windows·heads, T, T) recorded, mapped back through the shift and padding."""
-        size, shift, heads = self.window_size, self.shift_size, self.num_heads
         height, width = map_size
+        size, shift, heads = self.window_size, self.shift_for(height, width), self.num_heads
         padded = (height + (-height % size), width + (-width % size))
         rolled = ((query[0] - shift) % padded[0], (query[1] - shift) % padded[1])  # the grid was rolled by −shift
         window = (rolled[0] // size) * (padded[1] // size) + rolled[1] // size
