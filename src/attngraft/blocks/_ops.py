@@ -83,6 +83,18 @@ def check_divisible(owner: str, dim: int, num_heads: int) -> int:
     return dim // num_heads
 
 
+def heads_width(owner: str, dim: int, num_heads: int, head_dim: int | None) -> int:
+    """The per-head width: ``head_dim`` when given, else ``dim // num_heads``.
+
+    Given, the heads span ``num_heads · head_dim`` channels, as vit-pytorch's ``dim_head``.
+    """
+    if head_dim is None:
+        return check_divisible(owner, dim, num_heads)
+    if num_heads < 1 or head_dim < 1:
+        raise ValueError(f"{owner}: num_heads and head_dim must be positive, got {num_heads} and {head_dim}")
+    return head_dim
+
+
 def check_choice(owner: str, option: str, value: object, choices: Iterable[object]) -> None:
     """Raises ``ValueError`` listing ``choices`` when ``value`` is not one of them."""
     valid = list(choices)

@@ -19,7 +19,9 @@ class EncoderLayer(Block):
     Args:
         dim: Token channels C.
         mixer: Registered token block ("mhsa", "graph", "reattention", ...).
-        mlp_ratio: Hidden width of the MLP as a multiple of ``dim``.
+        mlp_ratio: Hidden width of the MLP as a multiple of ``dim`` (truncated to an integer).
+        mlp_dim: Exact hidden width of the MLP; overrides ``mlp_ratio``.
+        norm_eps: Epsilon of the two LayerNorms.
         drop: Dropout inside the MLP and after the mixer's projection.
         drop_path: Stochastic-depth probability of each residual branch.
         layer_scale: Initial LayerScale value (e.g. 1e-5, or 0.0 for an exact identity at init); None disables.
@@ -39,6 +41,8 @@ class EncoderLayer(Block):
         *,
         mixer: str = "mhsa",
         mlp_ratio: float = 4.0,
+        mlp_dim: int | None = None,
+        norm_eps: float = 1e-5,
         drop: float = 0.0,
         drop_path: float = 0.0,
         layer_scale: float | None = None,
@@ -49,12 +53,12 @@ class EncoderLayer(Block):
             raise ValueError(f"EncoderLayer: mixer {mixer!r} takes maps; token mixers: {list_blocks(layout='tokens')}")
         if "proj_drop" not in mixer_options and drop:
             mixer_options["proj_drop"] = drop
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.mixer = create_block(mixer, dim, **mixer_options)
         self.scale1: nn.Module = nn.Identity() if layer_scale is None else LayerScale(dim, init_values=layer_scale)
         self.drop_path1: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), drop=drop)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, hidden_features=mlp_dim if mlp_dim is not None else int(dim * mlp_ratio), drop=drop)
         self.scale2: nn.Module = nn.Identity() if layer_scale is None else LayerScale(dim, init_values=layer_scale)
         self.drop_path2: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 

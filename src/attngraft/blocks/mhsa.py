@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from attngraft.blocks._ops import Block, attend, check_divisible, merge_heads, split_heads
+from attngraft.blocks._ops import Block, attend, heads_width, merge_heads, split_heads
 from attngraft.blocks.cost import GRADIENTS, CostEntry, transformer_cost
 from attngraft.blocks.factory import register_block
 from attngraft.blocks.recording import AttentionProbe
@@ -23,6 +23,8 @@ class MultiHeadSelfAttention(Block):
         dim: Token channels C.
         num_heads: Attention heads; must divide ``dim``.
         qkv_bias: Bias in the query/key/value projection.
+        head_dim: Width of each head; default ``dim // num_heads``. Given, the heads span ``num_heads · head_dim``
+            channels, projected back to ``dim`` (vit-pytorch's ``dim_head``).
         attn_drop: Dropout on the attention probabilities (training only).
         proj_drop: Dropout after the output projection.
 
@@ -42,15 +44,23 @@ class MultiHeadSelfAttention(Block):
     )
 
     def __init__(
-        self, dim: int, *, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+        self,
+        dim: int,
+        *,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        head_dim: int | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
     ) -> None:
         super().__init__(dim)
         self.num_heads = num_heads
-        self.head_dim = check_divisible(type(self).__name__, dim, num_heads)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.head_dim = heads_width(type(self).__name__, dim, num_heads, head_dim)
+        inner = num_heads * self.head_dim
+        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
         self.attn_drop = attn_drop
         self.probe = AttentionProbe()
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(inner, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     @override

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from attngraft.blocks._ops import Block, check_choice, check_divisible, merge_heads, split_heads
+from attngraft.blocks._ops import Block, check_choice, heads_width, merge_heads, split_heads
 from attngraft.blocks.factory import register_block
 from attngraft.blocks.recording import AttentionProbe
 
@@ -22,6 +22,7 @@ class ReAttention(Block):
         dim: Token channels C.
         num_heads: Attention heads; must divide ``dim``.
         qkv_bias: Bias in the query/key/value projection.
+        head_dim: Width of each head; default ``dim // num_heads`` (see ``mhsa``).
         norm: Norm over the mixed maps: "batch" (BatchNorm over heads, as in the paper), "layer" (LayerNorm over
             heads, as in vit-pytorch) or "none".
         attn_drop: Dropout on the mixed maps (training only).
@@ -41,6 +42,7 @@ class ReAttention(Block):
         *,
         num_heads: int = 8,
         qkv_bias: bool = True,
+        head_dim: int | None = None,
         norm: str = "batch",
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
@@ -48,8 +50,9 @@ class ReAttention(Block):
         super().__init__(dim)
         check_choice(type(self).__name__, "norm", norm, ("batch", "layer", "none"))
         self.num_heads = num_heads
-        self.head_dim = check_divisible(type(self).__name__, dim, num_heads)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.head_dim = heads_width(type(self).__name__, dim, num_heads, head_dim)
+        inner = num_heads * self.head_dim
+        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
         self.probe = AttentionProbe()
         self.head_mixing = nn.Parameter(torch.eye(num_heads))  # Θ: (heads_in, heads_out)
         self.norm = norm
@@ -59,7 +62,7 @@ class ReAttention(Block):
         elif norm == "layer":
             self.mix_norm = nn.LayerNorm(num_heads)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(inner, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     @override

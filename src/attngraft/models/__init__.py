@@ -4,6 +4,7 @@ Importing this package registers every model; see :func:`create_model` and :func
 """
 
 from attngraft.models import cnn, resnet, swin, vit
+from attngraft.models.convert import load_foreign_weights
 from attngraft.models.cost import count_parameters, flops
 from attngraft.models.factory import MODELS, ModelSpec, create_model, list_models, register_model
 
@@ -15,6 +16,7 @@ __all__ = [
     "create_model",
     "flops",
     "list_models",
+    "load_foreign_weights",
     "register_model",
     "resnet",
     "swin",

@@ -7,6 +7,7 @@ distillation token), learned positions, pre-norm encoder layers whose token mixe
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -15,6 +16,8 @@ from torch import nn
 from typing_extensions import override
 
 from attngraft.blocks import EncoderLayer
+from attngraft.blocks._ops import check_choice
+from attngraft.blocks.factory import block_options, check_options
 from attngraft.models.cnn import mnist_features
 from attngraft.models.factory import register_model
 from attngraft.models.layers import init_linear_layers
@@ -39,28 +42,81 @@ def size_options(size: str) -> dict[str, int]:
     return {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads}
 
 
+def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    """(height, width) from one side or two; raises ``ValueError`` naming ``name`` otherwise."""
+    sides = (value, value) if isinstance(value, int) else tuple(value)
+    if len(sides) != 2 or not all(isinstance(side, int) and side > 0 for side in sides):
+        raise ValueError(f"{name} must be a positive side or (height, width), got {value!r}")
+    return int(sides[0]), int(sides[1])
+
+
+class LinearPatchEmbed(nn.Module):
+    """vit-pytorch ≥ 1.0's patch embedding: each flattened patch through LayerNorm → Linear → LayerNorm.
+
+    Patches are flattened row by row, channels innermost (``b c (h p1) (w p2) -> b (h w) (p1 p2 c)``).
+
+    Shape:
+        - Input: (B, C, H, W).
+        - Output: (B, D, H / p1, W / p2), as the Conv2d embedding gives it.
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: tuple[int, int], norm_eps: float) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        patch_dim = in_chans * patch_size[0] * patch_size[1]
+        self.norm_in = nn.LayerNorm(patch_dim, eps=norm_eps)
+        self.proj = nn.Linear(patch_dim, embed_dim)
+        self.norm_out = nn.LayerNorm(embed_dim, eps=norm_eps)
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        rows, cols = self.patch_size
+        grid = (height // rows, width // cols)
+        patches = x.view(batch, channels, grid[0], rows, grid[1], cols).permute(0, 2, 4, 3, 5, 1)
+        patches = patches.reshape(batch, grid[0] * grid[1], rows * cols * channels)  # (B, patches, p1·p2·C)
+        tokens = self.norm_out(self.proj(self.norm_in(patches)))  # (B, patches, D)
+        return tokens.transpose(1, 2).reshape(batch, -1, *grid)  # (B, D, grid_h, grid_w)
+
+
+POOLS = ("cls", "mean")
+PATCH_EMBEDS = ("conv", "linear")
+
+
 class VisionTransformer(nn.Module):
     """ViT over the patches of an image, or of a feature map from an optional convolutional ``stem``.
 
     Args:
         num_classes: Classifier outputs.
         in_chans: Input channels.
-        img_size: Side of the (square) map the patch embedding cuts: the input's, or the stem's output's.
-        patch_size: Patch side; must divide the side of the map the patch embedding sees.
+        img_size: Side, or (height, width), of the map the patch embedding cuts: the input's, or the stem's output's.
+        patch_size: Patch side or (height, width); must divide the map's sides.
         embed_dim: Token width.
         depth: Encoder layers.
         num_heads: Attention heads.
-        mlp_ratio: MLP width as a multiple of ``embed_dim``.
+        mlp_ratio: MLP width as a multiple of ``embed_dim`` (truncated to an integer).
+        mlp_dim: Exact MLP width; overrides ``mlp_ratio``.
+        dim_head: Width of each attention head (vit-pytorch's ``dim_head``); default ``embed_dim // num_heads``.
         mixer: Registered token mixer of every layer ("mhsa", "reattention", "graph").
         distilled: Add a distillation token and head (DeiT).
         stem: Optional module run before the patch embedding (hybrid models).
         stem_channels: Channels of the stem's output map.
-        drop_rate: Dropout after the position embedding and inside the layers.
+        drop_rate: Dropout inside the layers (and after the position embedding unless ``emb_dropout`` is given).
+        emb_dropout: Dropout after the position embedding.
         drop_path_rate: Stochastic depth, increasing linearly to this value over the layers.
-        **mixer_options: Extra options of the mixer.
+        pool: "cls" (classify the class token) or "mean" (no class token; classify the mean of the patch tokens,
+            as vit-pytorch ≥ 1.0 does).
+        patch_embed: "conv" (Conv2d, kernel = stride = patch, as timm) or "linear" (vit-pytorch ≥ 1.0:
+            LayerNorm → Linear → LayerNorm over each flattened patch).
+        norm_eps: Epsilon of every LayerNorm; default 1e-6, as timm's ViT and DeiT (vit-pytorch uses 1e-5).
+        **mixer_options: Extra options of the mixer (its constructor's keywords).
+
+    Raises:
+        ValueError: For a size the patches do not divide, an unknown ``pool`` or ``patch_embed``, or an option
+            neither the model nor its mixer takes (the valid ones listed).
 
     Shape:
-        - Input: (B, in_chans, img_size, img_size).
+        - Input: (B, in_chans, H, W), (H, W) = ``img_size`` (other sizes resample the positions).
         - Output: (B, num_classes); DeiT in training mode with ``distilled_training`` set returns
           (class-head, distillation-head) logits, otherwise their mean.
     """
@@ -70,32 +126,48 @@ class VisionTransformer(nn.Module):
         *,
         num_classes: int,
         in_chans: int,
-        img_size: int,
-        patch_size: int,
+        img_size: int | tuple[int, int],
+        patch_size: int | tuple[int, int],
         embed_dim: int,
         depth: int,
         num_heads: int,
         mlp_ratio: float = 4.0,
+        mlp_dim: int | None = None,
+        dim_head: int | None = None,
         mixer: str = "mhsa",
         distilled: bool = False,
         stem: nn.Module | None = None,
         stem_channels: int | None = None,
         drop_rate: float = 0.0,
+        emb_dropout: float | None = None,
         drop_path_rate: float = 0.0,
+        pool: str = "cls",
+        patch_embed: str = "conv",
+        norm_eps: float = 1e-6,
         **mixer_options: Any,
     ) -> None:
         super().__init__()
-        if img_size % patch_size:
-            raise ValueError(f"patch_size {patch_size} must divide img_size {img_size} (the side the patches cut)")
+        image, patch = pair(img_size, "img_size"), pair(patch_size, "patch_size")
+        if image[0] % patch[0] or image[1] % patch[1]:
+            raise ValueError(f"patch_size {patch_size!r} must divide img_size {img_size!r} (the sides the patches cut)")
+        check_vit_options(mixer, pool, patch_embed, distilled, mixer_options)
+        if dim_head is not None:
+            mixer_options["head_dim"] = dim_head
         self.stem = stem or nn.Identity()
-        self.patch_embed = nn.Conv2d(stem_channels or in_chans, embed_dim, patch_size, stride=patch_size)
-        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        channels = stem_channels or in_chans
+        self.patch_embed: nn.Module = (
+            nn.Conv2d(channels, embed_dim, patch, stride=patch)
+            if patch_embed == "conv"
+            else LinearPatchEmbed(channels, embed_dim, patch, norm_eps)
+        )
+        self.grid_size = (image[0] // patch[0], image[1] // patch[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.num_prefix_tokens = 2 if distilled else 1
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pool = pool
+        self.num_prefix_tokens = 0 if pool == "mean" else 2 if distilled else 1
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if pool == "cls" else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.num_patches, embed_dim))
-        self.pos_drop = nn.Dropout(drop_rate)
+        self.pos_drop = nn.Dropout(drop_rate if emb_dropout is None else emb_dropout)
         rates = torch.linspace(0, drop_path_rate, depth).tolist()
         self.layers = nn.Sequential(
             *(
@@ -103,6 +175,8 @@ class VisionTransformer(nn.Module):
                     embed_dim,
                     mixer=mixer,
                     mlp_ratio=mlp_ratio,
+                    mlp_dim=mlp_dim,
+                    norm_eps=norm_eps,
                     drop=drop_rate,
                     drop_path=rate,
                     num_heads=num_heads,
@@ -111,7 +185,7 @@ class VisionTransformer(nn.Module):
                 for rate in rates
             )
         )
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.num_features = embed_dim
         self.head = nn.Linear(embed_dim, num_classes)
         self.head_dist = nn.Linear(embed_dim, num_classes) if distilled else None
@@ -132,7 +206,7 @@ class VisionTransformer(nn.Module):
         patches = self.patch_embed(self.stem(x))  # (B, D, grid_h, grid_w)
         position = self.position_embedding(patches.shape[-2], patches.shape[-1])
         patches = patches.flatten(2).transpose(1, 2)  # (B, patches, D)
-        prefix = [self.cls_token] + ([self.dist_token] if self.dist_token is not None else [])
+        prefix = [token for token in (self.cls_token, self.dist_token) if token is not None]
         tokens = torch.cat([token.expand(x.shape[0], -1, -1) for token in prefix] + [patches], dim=1)
         return self.norm(self.layers(self.pos_drop(tokens + position)))
 
@@ -150,13 +224,26 @@ class VisionTransformer(nn.Module):
     @override
     def forward(self, x: torch.Tensor) -> Any:
         tokens = self.forward_features(x)
-        logits = self.head(tokens[:, 0])
+        logits = self.head(tokens.mean(dim=1) if self.pool == "mean" else tokens[:, 0])
         if self.head_dist is None:
             return logits
         logits_dist = self.head_dist(tokens[:, 1])
         if self.distilled_training and self.training:
             return logits, logits_dist
         return (logits + logits_dist) / 2
+
+
+def check_vit_options(mixer: str, pool: str, patch_embed: str, distilled: bool, mixer_options: dict[str, Any]) -> None:
+    """Raises ``ValueError`` for an unknown choice or an option neither the ViT nor its mixer takes."""
+    check_choice("VisionTransformer", "pool", pool, POOLS)
+    check_choice("VisionTransformer", "patch_embed", patch_embed, PATCH_EMBEDS)
+    if distilled and pool != "cls":
+        raise ValueError("VisionTransformer: a distilled model (DeiT) needs pool='cls' (its tokens are the heads')")
+    mixer_takes = block_options(mixer)
+    if mixer_takes is not None:
+        model_takes = [name for name in inspect.signature(VisionTransformer.__init__).parameters if name != "self"]
+        valid = [*model_takes[:-1], *(name for name in mixer_takes if name != "num_heads")]
+        check_options(f"VisionTransformer (mixer {mixer!r})", mixer_options, valid)
 
 
 def _vit(size: str, img_size: int, patch_size: int, **options: Any) -> VisionTransformer:

@@ -1,0 +1,90 @@
+"""Weights from other libraries into attngraft's models, checked key by key.
+
+:func:`load_foreign_weights` maps a foreign state dict onto an attngraft model built with matching options and
+loads it, refusing (naming the keys) any missing, unexpected or mis-shaped tensor. Sources:
+
+- ``"vit_pytorch"``: vit-pytorch ≥ 1.0's ``ViT`` (``vit_pytorch.vit.ViT``) into ``create_model("vit",
+  patch_embed="linear", qkv_bias=False, norm_eps=1e-5, dim_head=..., mlp_dim=..., pool=...)`` — the same
+  computation: logits agree to float32 rounding (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from attngraft.models.vit import VisionTransformer
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+def _vit_pytorch_keys(state: StateDict) -> dict[str, torch.Tensor]:
+    """vit-pytorch ``ViT`` keys → attngraft ``VisionTransformer`` keys (tensors reshaped where layouts differ)."""
+    renamed: dict[str, torch.Tensor] = {}
+    layer_parts = {
+        "0.norm": "norm1", "0.to_qkv": "mixer.qkv", "0.to_out.0": "mixer.proj",
+        "1.net.0": "norm2", "1.net.1": "mlp.fc1", "1.net.4": "mlp.fc2",
+    }  # fmt: skip
+    fixed = {
+        "to_patch_embedding.1": "patch_embed.norm_in", "to_patch_embedding.2": "patch_embed.proj",
+        "to_patch_embedding.3": "patch_embed.norm_out", "transformer.norm": "norm", "mlp_head": "head",
+    }  # fmt: skip
+    for key, tensor in state.items():
+        module, _, leaf = key.rpartition(".")
+        if key == "cls_token":
+            renamed["cls_token"] = tensor.reshape(1, 1, -1) if tensor.numel() else tensor
+        elif key == "pos_embedding":
+            renamed["pos_embed"] = tensor[None]  # (1, tokens, dim)
+        elif module in fixed:
+            renamed[f"{fixed[module]}.{leaf}"] = tensor
+        elif module.startswith("transformer.layers."):
+            index, _, part = module.removeprefix("transformer.layers.").partition(".")
+            renamed[f"layers.{index}.{layer_parts.get(part, part)}.{leaf}"] = tensor
+        else:
+            renamed[key] = tensor  # reported as unexpected below
+    if "cls_token" in renamed and renamed["cls_token"].numel() == 0:
+        del renamed["cls_token"]  # pool="mean": vit-pytorch keeps an empty (0, dim) class token
+    return renamed
+
+
+SOURCES: dict[str, tuple[type[nn.Module], Callable[[StateDict], dict[str, torch.Tensor]]]] = {
+    "vit_pytorch": (VisionTransformer, _vit_pytorch_keys),
+}
+
+
+def load_foreign_weights(model: nn.Module, state_dict: StateDict, source: str) -> list[str]:
+    """Loads ``state_dict`` from library ``source`` into ``model``; returns the model's keys that were loaded.
+
+    Args:
+        model: An attngraft model built with the options that match the source model (see the module docstring).
+        state_dict: The source model's ``state_dict()`` (e.g. ``torch.load(path, weights_only=True)``).
+        source: One of :data:`SOURCES`.
+
+    Raises:
+        ValueError: An unknown source, a model of another class, or keys that are missing, unexpected or of
+            another shape (each named with both shapes).
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown weights source {source!r}; valid: {list(SOURCES)}")
+    model_class, rename = SOURCES[source]
+    if not isinstance(model, model_class):
+        raise ValueError(f"{source} weights load into a {model_class.__name__}, not a {type(model).__name__}")
+    renamed = rename(state_dict)
+    own = model.state_dict()
+    problems = [f"missing {key} {tuple(own[key].shape)}" for key in own if key not in renamed]
+    problems += [f"unexpected {key} {tuple(tensor.shape)}" for key, tensor in renamed.items() if key not in own]
+    problems += [
+        f"{key}: {tuple(tensor.shape)} in the weights, {tuple(own[key].shape)} in the model"
+        for key, tensor in renamed.items()
+        if key in own and tensor.shape != own[key].shape
+    ]
+    if problems:
+        raise ValueError(
+            f"{source} weights do not fit this {type(model).__name__} (build it with the source's options): "
+            + "; ".join(problems[:8])
+            + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        )
+    model.load_state_dict(renamed, strict=True)
+    return list(renamed)

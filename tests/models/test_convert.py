@@ -1,0 +1,77 @@
+"""Weights from vit-pytorch into attngraft's ViT: the same logits, and clear refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attngraft.models import create_model, load_foreign_weights
+
+vit_pytorch = pytest.importorskip("vit_pytorch", reason="vit-pytorch is a test extra (pip install -e '.[dev]')")
+
+CONFIGS = [
+    {"image_size": 28, "patch_size": 7, "dim": 32, "depth": 2, "heads": 4, "dim_head": 16, "mlp_dim": 50,
+     "pool": "cls"},
+    {"image_size": (28, 21), "patch_size": (7, 3), "dim": 24, "depth": 1, "heads": 2, "dim_head": 8, "mlp_dim": 40,
+     "pool": "mean", "channels": 3},
+]  # fmt: skip
+
+
+def ours_for(config: dict, num_classes: int) -> torch.nn.Module:
+    return create_model(
+        "vit", num_classes=num_classes, in_chans=config.get("channels", 1), img_size=config["image_size"],
+        patch_size=config["patch_size"], embed_dim=config["dim"], depth=config["depth"], num_heads=config["heads"],
+        dim_head=config["dim_head"], mlp_dim=config["mlp_dim"], pool=config["pool"], patch_embed="linear",
+        qkv_bias=False, norm_eps=1e-5,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["cls-square", "mean-rectangular"])
+def test_vit_pytorch_weights_give_its_logits(config: dict) -> None:
+    torch.manual_seed(0)
+    peer = vit_pytorch.ViT(num_classes=10, channels=config.get("channels", 1), **{
+        key: value for key, value in config.items() if key != "channels"
+    }).eval()  # fmt: skip
+    ours = ours_for(config, 10).eval()
+    loaded = load_foreign_weights(ours, peer.state_dict(), source="vit_pytorch")
+    assert set(loaded) == set(ours.state_dict())
+    height, width = (config["image_size"],) * 2 if isinstance(config["image_size"], int) else config["image_size"]
+    images = torch.randn(3, config.get("channels", 1), height, width)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images), peer(images), atol=1e-5, rtol=1e-5)
+
+
+def test_mismatched_options_are_named() -> None:
+    torch.manual_seed(0)
+    peer = vit_pytorch.ViT(
+        image_size=28, patch_size=7, num_classes=10, dim=32, depth=1, heads=4, mlp_dim=64, channels=1
+    )
+    ours = create_model("vit", embed_dim=32, depth=1, num_heads=4, mlp_dim=64, patch_embed="linear", qkv_bias=False)
+    with pytest.raises(
+        ValueError, match=r"layers.0.mixer.qkv.weight: \(768, 32\) in the weights, \(96, 32\) in the model"
+    ):
+        load_foreign_weights(ours, peer.state_dict(), source="vit_pytorch")  # vit-pytorch's dim_head defaults to 64
+
+
+def test_unknown_source_and_wrong_model_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"unknown weights source 'vitpytorch'; valid: \['vit_pytorch'\]"):
+        load_foreign_weights(create_model("vit"), {}, source="vitpytorch")
+    with pytest.raises(ValueError, match="vit_pytorch weights load into a VisionTransformer, not a"):
+        load_foreign_weights(create_model("mnist_cnn"), {}, source="vit_pytorch")
+
+
+def test_vit_options_refuse_what_neither_the_model_nor_its_mixer_takes() -> None:
+    with pytest.raises(TypeError, match=r"has no option 'mlp_dimm' \(did you mean 'mlp_dim'\?\); valid options: \["):
+        create_model("vit", mlp_dimm=100)
+    with pytest.raises(ValueError, match=r"pool='max' is not valid; choose one of \['cls', 'mean'\]"):
+        create_model("vit", pool="max")
+    with pytest.raises(ValueError, match="a distilled model \\(DeiT\\) needs pool='cls'"):
+        create_model("deit", pool="mean")
+
+
+def test_exact_mlp_width_and_head_width() -> None:
+    model = create_model("vit", embed_dim=56, num_heads=4, mlp_dim=488, dim_head=20)
+    layer = model.layers[0]
+    assert layer.mlp.fc1.out_features == 488  # a ratio would truncate 488 / 56 to 487
+    assert layer.mixer.qkv.out_features == 3 * 4 * 20
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
