@@ -54,7 +54,7 @@ def test_mismatched_options_are_named() -> None:
 
 
 def test_unknown_source_and_wrong_model_are_refused() -> None:
-    with pytest.raises(ValueError, match=r"unknown weights source 'vitpytorch'; valid: \['vit_pytorch'\]"):
+    with pytest.raises(ValueError, match=r"unknown weights source 'vitpytorch'; valid: \['vit_pytorch', 'timm'\]"):
         load_foreign_weights(create_model("vit"), {}, source="vitpytorch")
     with pytest.raises(ValueError, match="vit_pytorch weights load into a VisionTransformer, not a"):
         load_foreign_weights(create_model("mnist_cnn"), {}, source="vit_pytorch")
@@ -75,3 +75,22 @@ def test_exact_mlp_width_and_head_width() -> None:
     assert layer.mlp.fc1.out_features == 488  # a ratio would truncate 488 / 56 to 487
     assert layer.mixer.qkv.out_features == 3 * 4 * 20
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("distilled", [False, True], ids=["vit", "deit"])
+def test_timm_weights_give_its_logits(distilled: bool) -> None:
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    torch.manual_seed(0)
+    options = {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "embed_dim": 32, "depth": 2,
+               "num_heads": 4}  # fmt: skip
+    peer = (VisionTransformerDistilled if distilled else TimmViT)(**options).eval()
+    with torch.no_grad():  # timm zero-initialises the head and some biases: randomise everything
+        for parameter in peer.parameters():
+            parameter.normal_(0, 0.2)
+    ours = create_model("deit" if distilled else "vit", embed_dim=32, depth=2, num_heads=4).eval()
+    load_foreign_weights(ours, peer.state_dict(), source="timm")
+    images = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images), peer(images), atol=1e-5, rtol=1e-5)

@@ -6,6 +6,9 @@ loads it, refusing (naming the keys) any missing, unexpected or mis-shaped tenso
 - ``"vit_pytorch"``: vit-pytorch ≥ 1.0's ``ViT`` (``vit_pytorch.vit.ViT``) into ``create_model("vit",
   patch_embed="linear", qkv_bias=False, norm_eps=1e-5, dim_head=..., mlp_dim=..., pool=...)`` — the same
   computation: logits agree to float32 rounding (tested).
+- ``"timm"``: timm's ``VisionTransformer`` and DeiT's ``VisionTransformerDistilled`` (class-token pooling, the
+  default Conv2d patch embedding) into ``create_model("vit" | "deit", ...)`` with the same sizes (timm's LayerNorm
+  epsilon, 1e-6, is the default): logits agree to float32 rounding (tested).
 """
 
 from __future__ import annotations
@@ -49,8 +52,22 @@ def _vit_pytorch_keys(state: StateDict) -> dict[str, torch.Tensor]:
     return renamed
 
 
+def _timm_vit_keys(state: StateDict) -> dict[str, torch.Tensor]:
+    """timm ``VisionTransformer`` (and DeiT's ``VisionTransformerDistilled``) keys → attngraft's."""
+    renamed: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if key.startswith("blocks."):
+            index, _, rest = key.removeprefix("blocks.").partition(".")
+            key = f"layers.{index}.{rest.replace('attn.', 'mixer.', 1)}"
+        elif key.startswith("patch_embed.proj."):
+            key = key.replace("patch_embed.proj.", "patch_embed.", 1)
+        renamed[key] = tensor
+    return renamed
+
+
 SOURCES: dict[str, tuple[type[nn.Module], Callable[[StateDict], dict[str, torch.Tensor]]]] = {
     "vit_pytorch": (VisionTransformer, _vit_pytorch_keys),
+    "timm": (VisionTransformer, _timm_vit_keys),
 }
 
 
