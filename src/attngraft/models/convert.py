@@ -53,7 +53,7 @@ def _vit_pytorch_keys(state: StateDict) -> dict[str, torch.Tensor]:
 
 
 def _timm_vit_keys(state: StateDict) -> dict[str, torch.Tensor]:
-    """timm ``VisionTransformer`` (and DeiT's ``VisionTransformerDistilled``) keys → attngraft's."""
+    """Timm ``VisionTransformer`` (and DeiT's ``VisionTransformerDistilled``) keys → attngraft's."""
     renamed: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         if key.startswith("blocks."):
