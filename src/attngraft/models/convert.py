@@ -53,7 +53,7 @@ def _vit_pytorch_keys(state: StateDict) -> dict[str, torch.Tensor]:
 
 
 def _timm_vit_keys(state: StateDict) -> dict[str, torch.Tensor]:
-    """Timm ``VisionTransformer`` (and DeiT's ``VisionTransformerDistilled``) keys → attngraft's."""
+    """Keys of timm's ``VisionTransformer`` (and DeiT's ``VisionTransformerDistilled``) → attngraft's."""
     renamed: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         if key.startswith("blocks."):
