@@ -94,3 +94,23 @@ def test_timm_weights_give_its_logits(distilled: bool) -> None:
     images = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(ours(images), peer(images), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("img_size", "depths", "heads"), [(32, (2, 2), (2, 4)), (64, (2, 2, 2), (2, 4, 8))])
+def test_timm_swin_weights_give_its_logits(img_size: int, depths: tuple[int, ...], heads: tuple[int, ...]) -> None:
+    """Shifted windows, patch merging and the last stage's whole-map window (no shift) as timm has them."""
+    from timm.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    options = {"img_size": img_size, "patch_size": 2, "in_chans": 1, "num_classes": 10, "embed_dim": 16,
+               "depths": depths, "num_heads": heads, "window_size": 4}  # fmt: skip
+    peer = SwinTransformer(**options).eval()
+    with torch.no_grad():
+        for parameter in peer.parameters():
+            parameter.normal_(0, 0.2)
+    ours = create_model("swin", **options).eval()
+    loaded = load_foreign_weights(ours, peer.state_dict(), source="timm")
+    assert len(loaded) == len(ours.state_dict())
+    images = torch.randn(2, 1, img_size, img_size)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images), peer(images), atol=1e-5, rtol=1e-5)

@@ -8,7 +8,8 @@ loads it, refusing (naming the keys) any missing, unexpected or mis-shaped tenso
   computation: logits agree to float32 rounding (tested).
 - ``"timm"``: timm's ``VisionTransformer`` and DeiT's ``VisionTransformerDistilled`` (class-token pooling, the
   default Conv2d patch embedding) into ``create_model("vit" | "deit", ...)`` with the same sizes (timm's LayerNorm
-  epsilon, 1e-6, is the default): logits agree to float32 rounding (tested).
+  epsilon, 1e-6, is the default), and timm's ``SwinTransformer`` into ``create_model("swin", ...)`` with the same
+  sizes: logits agree to float32 rounding (tested).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from attngraft.models.swin import SwinTransformer
 from attngraft.models.vit import VisionTransformer
 
 StateDict = Mapping[str, torch.Tensor]
@@ -65,9 +67,52 @@ def _timm_vit_keys(state: StateDict) -> dict[str, torch.Tensor]:
     return renamed
 
 
-SOURCES: dict[str, tuple[type[nn.Module], Callable[[StateDict], dict[str, torch.Tensor]]]] = {
-    "vit_pytorch": (VisionTransformer, _vit_pytorch_keys),
-    "timm": (VisionTransformer, _timm_vit_keys),
+SWIN_BLOCK_PARTS = {"attn.relative_position_bias_table": "attention.relative_bias_table", "attn.": "attention."}
+
+
+def _timm_swin_keys(state: StateDict) -> dict[str, torch.Tensor]:
+    """Keys of timm's ``SwinTransformer`` → attngraft's.
+
+    attngraft's ``stages`` run the patch mergings and the layers in one sequence (stage s > 0 starts with its
+    merging).
+    """
+    stages = sorted({int(key.split(".")[1]) for key in state if key.startswith("layers.")})
+    position: dict[tuple[int, str], int] = {}
+    index = 0
+    for stage in stages:
+        if any(key.startswith(f"layers.{stage}.downsample.") for key in state):
+            position[stage, "downsample"] = index
+            index += 1
+        blocks = sorted({int(key.split(".")[3]) for key in state if key.startswith(f"layers.{stage}.blocks.")})
+        for block in blocks:
+            position[stage, f"blocks.{block}"] = index
+            index += 1
+    fixed = {"patch_embed.proj.": "patch_embed.", "patch_embed.norm.": "patch_norm.", "head.fc.": "head."}
+    renamed: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        new = key
+        if key.startswith("layers."):
+            _, stage_index, part, *rest = key.split(".")
+            owner = (int(stage_index), part if part == "downsample" else f"{part}.{rest.pop(0)}")
+            leaf = ".".join(rest)
+            for old, replacement in SWIN_BLOCK_PARTS.items():
+                if leaf.startswith(old):
+                    leaf = replacement + leaf.removeprefix(old)
+                    break
+            new = f"stages.{position[owner]}.{leaf}"
+        else:
+            new = next(
+                (replacement + key.removeprefix(old) for old, replacement in fixed.items() if key.startswith(old)), key
+            )
+        renamed[new] = tensor
+    return renamed
+
+
+Renamer = Callable[[StateDict], dict[str, torch.Tensor]]
+# Per source, the attngraft model classes its weights load into and the key map of each.
+SOURCES: dict[str, dict[type[nn.Module], Renamer]] = {
+    "vit_pytorch": {VisionTransformer: _vit_pytorch_keys},
+    "timm": {VisionTransformer: _timm_vit_keys, SwinTransformer: _timm_swin_keys},
 }
 
 
@@ -85,9 +130,11 @@ def load_foreign_weights(model: nn.Module, state_dict: StateDict, source: str) -
     """
     if source not in SOURCES:
         raise ValueError(f"unknown weights source {source!r}; valid: {list(SOURCES)}")
-    model_class, rename = SOURCES[source]
-    if not isinstance(model, model_class):
-        raise ValueError(f"{source} weights load into a {model_class.__name__}, not a {type(model).__name__}")
+    renamers = SOURCES[source]
+    rename = next((renamer for cls, renamer in renamers.items() if isinstance(model, cls)), None)
+    if rename is None:
+        classes = " or ".join(cls.__name__ for cls in renamers)
+        raise ValueError(f"{source} weights load into a {classes}, not a {type(model).__name__}")
     renamed = rename(state_dict)
     own = model.state_dict()
     problems = [f"missing {key} {tuple(own[key].shape)}" for key in own if key not in renamed]
