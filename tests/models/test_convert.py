@@ -114,3 +114,20 @@ def test_timm_swin_weights_give_its_logits(img_size: int, depths: tuple[int, ...
     images = torch.randn(2, 1, img_size, img_size)
     with torch.no_grad():
         torch.testing.assert_close(ours(images), peer(images), atol=1e-5, rtol=1e-5)
+
+
+def test_vit_pytorch_deepvit_weights_give_its_logits() -> None:
+    torch.manual_seed(0)
+    from vit_pytorch.deepvit import DeepViT
+
+    peer = DeepViT(
+        image_size=28, patch_size=7, num_classes=10, dim=32, depth=2, heads=4, dim_head=16, mlp_dim=48, channels=1
+    ).eval()
+    ours = create_model(
+        "deepvit", embed_dim=32, depth=2, num_heads=4, dim_head=16, mlp_dim=48, patch_embed="linear",
+        qkv_bias=False, norm_eps=1e-5, norm="layer",
+    ).eval()  # fmt: skip
+    load_foreign_weights(ours, peer.state_dict(), source="vit_pytorch")
+    images = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images), peer(images), atol=1e-5, rtol=1e-5)

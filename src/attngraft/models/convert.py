@@ -6,6 +6,8 @@ loads it, refusing (naming the keys) any missing, unexpected or mis-shaped tenso
 - ``"vit_pytorch"``: vit-pytorch ≥ 1.0's ``ViT`` (``vit_pytorch.vit.ViT``) into ``create_model("vit",
   patch_embed="linear", qkv_bias=False, norm_eps=1e-5, dim_head=..., mlp_dim=..., pool=...)`` — the same
   computation: logits agree to float32 rounding (tested).
+- ``"vit_pytorch"`` also: its ``DeepViT`` (``pool="cls"``) into ``create_model("deepvit", norm="layer", ...)``
+  with the options above (its final LayerNorm, in its head, is per token: the same).
 - ``"timm"``: timm's ``VisionTransformer`` and DeiT's ``VisionTransformerDistilled`` (class-token pooling, the
   default Conv2d patch embedding) into ``create_model("vit" | "deit", ...)`` with the same sizes (timm's LayerNorm
   epsilon, 1e-6, is the default), and timm's ``SwinTransformer`` into ``create_model("swin", ...)`` with the same
@@ -30,18 +32,22 @@ def _vit_pytorch_keys(state: StateDict) -> dict[str, torch.Tensor]:
     renamed: dict[str, torch.Tensor] = {}
     layer_parts = {
         "0.norm": "norm1", "0.to_qkv": "mixer.qkv", "0.to_out.0": "mixer.proj",
-        "1.net.0": "norm2", "1.net.1": "mlp.fc1", "1.net.4": "mlp.fc2",
+        "0.reattn_norm.1": "mixer.mix_norm", "1.net.0": "norm2", "1.net.1": "mlp.fc1", "1.net.4": "mlp.fc2",
     }  # fmt: skip
     fixed = {
         "to_patch_embedding.1": "patch_embed.norm_in", "to_patch_embedding.2": "patch_embed.proj",
         "to_patch_embedding.3": "patch_embed.norm_out", "transformer.norm": "norm", "mlp_head": "head",
+        "mlp_head.0": "norm", "mlp_head.1": "head",  # DeepViT: its final norm sits in the head
     }  # fmt: skip
     for key, tensor in state.items():
         module, _, leaf = key.rpartition(".")
         if key == "cls_token":
             renamed["cls_token"] = tensor.reshape(1, 1, -1) if tensor.numel() else tensor
         elif key == "pos_embedding":
-            renamed["pos_embed"] = tensor[None]  # (1, tokens, dim)
+            renamed["pos_embed"] = tensor.reshape(1, -1, tensor.shape[-1])  # (1, tokens, dim)
+        elif leaf == "reattn_weights":  # DeepViT's head mixing Θ
+            index = module.removeprefix("transformer.layers.").partition(".")[0]
+            renamed[f"layers.{index}.mixer.head_mixing"] = tensor
         elif module in fixed:
             renamed[f"{fixed[module]}.{leaf}"] = tensor
         elif module.startswith("transformer.layers."):
