@@ -117,8 +117,8 @@ def test_models_table_lists_parameters_and_flops(capsys: pytest.CaptureFixture[s
     assert main(["models", "resnet*"]) == 0
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
     assert set(rows) == {"resnet18", "resnet26", "resnet38", "resnet50"}
-    _, family, size, params, gflops, gmacs = rows["resnet50"]
-    assert (family, size, params) == ("resnet", "3x224x224", "25.56")
+    _, family, size, params, used, gflops, gmacs = rows["resnet50"]
+    assert (family, size, params, used) == ("resnet", "3x224x224", "25,557,032", "25,557,032")
     assert float(gflops) == pytest.approx(2 * float(gmacs), abs=0.002)
 
 

@@ -121,19 +121,19 @@ def _run_blocks(args: argparse.Namespace) -> int:
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from attngraft.models import MODELS, count_parameters, create_model, flops, list_models
+    from attngraft.models import MODELS, count_parameters, count_used_parameters, create_model, flops, list_models
 
     names = list_models(args.pattern)
     if not names:
         raise UnknownNameError(f"no model matches {args.pattern!r}; models: {', '.join(list_models())}")
-    print(f"{'name':<26}{'family':<8}{'input':>10}{'params (M)':>12}{'GFLOPs':>10}{'GMACs':>9}")
+    print(f"{'name':<26}{'family':<8}{'input':>10}{'params':>14}{'used':>14}{'GFLOPs':>10}{'GMACs':>9}")
     for name in names:
         spec = MODELS.get(name)
         model = create_model(name)
         count = flops(model, (1, spec.in_chans, spec.image_size, spec.image_size))
         size = f"{spec.in_chans}x{spec.image_size}x{spec.image_size}"
-        params = count_parameters(model) / 1e6
-        print(f"{name:<26}{spec.family:<8}{size:>10}{params:>12.2f}{count / 1e9:>10.3f}{count / 2e9:>9.3f}")
+        params = f"{count_parameters(model):>14,}{count_used_parameters(model):>14,}"
+        print(f"{name:<26}{spec.family:<8}{size:>10}{params}{count / 1e9:>10.3f}{count / 2e9:>9.3f}")
     return 0
 
 

@@ -131,3 +131,36 @@ def test_vit_pytorch_deepvit_weights_give_its_logits() -> None:
     images = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(ours(images), peer(images), atol=1e-5, rtol=1e-5)
+
+
+# The seed's table (MNIST, 10 classes; the hybrid's count needs a 100-class head): parameters in all, and used.
+SEED_COUNTS = {
+    "mnist_cnn": (1_199_882, 1_199_882),
+    "seed_vit": (1_614_866, 1_213_970),
+    "seed_deepvit": (1_615_010, 1_214_114),
+    "seed_hybrid_vit": (1_591_652, 1_518_436),
+}
+
+
+@pytest.mark.parametrize("name", list(SEED_COUNTS))
+def test_the_seed_models_have_the_published_counts(name: str) -> None:
+    from attngraft.models import count_parameters, count_used_parameters
+
+    model = create_model(name)
+    assert (count_parameters(model), count_used_parameters(model)) == SEED_COUNTS[name]
+
+
+@pytest.mark.parametrize("name", ["seed_vit", "seed_deepvit"])
+def test_the_seed_vits_equal_vit_pytorch_with_its_oversized_position_table(name: str) -> None:
+    """vit-pytorch given image_size=784 for 28×28 images: a 3,137-row position table whose first 5 rows are used."""
+    from vit_pytorch.deepvit import DeepViT
+
+    torch.manual_seed(0)
+    options = {"image_size": 784, "patch_size": 14, "num_classes": 10, "dim": 128, "depth": 6, "heads": 4,
+               "mlp_dim": 256, "channels": 1, "dim_head": 64}  # fmt: skip
+    peer = (vit_pytorch.ViT if name == "seed_vit" else DeepViT)(**options).eval()
+    ours = create_model(name).eval()
+    load_foreign_weights(ours, peer.state_dict(), source="vit_pytorch")
+    images = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images), peer(images), atol=1e-5, rtol=1e-5)

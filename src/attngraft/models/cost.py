@@ -17,6 +17,15 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad or not trainable_only)
 
 
+def count_used_parameters(model: nn.Module) -> int:
+    """Parameters the forward uses: all, less what modules report as ``unused_parameters``.
+
+    (An oversized position table's extra rows, for instance.)
+    """
+    unused = sum(int(getattr(module, "unused_parameters", 0)) for module in model.modules())
+    return count_parameters(model) - unused
+
+
 def flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Forward FLOPs (2 per multiply-add) at ``input_shape``, counted without computing anything.
 

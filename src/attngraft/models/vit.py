@@ -109,6 +109,9 @@ class VisionTransformer(nn.Module):
         patch_embed: "conv" (Conv2d, kernel = stride = patch, as timm) or "linear" (vit-pytorch ≥ 1.0:
             LayerNorm → Linear → LayerNorm over each flattened patch).
         norm_eps: Epsilon of every LayerNorm; default 1e-6, as timm's ViT and DeiT (vit-pytorch uses 1e-5).
+        pos_table_size: Rows of the position table; default one per prefix token and patch. More rows make an
+            oversized table whose first rows are used, as vit-pytorch does when given an ``image_size`` larger
+            than the images (the unused rows are counted by :attr:`unused_parameters`).
         **mixer_options: Extra options of the mixer (its constructor's keywords).
 
     Raises:
@@ -144,6 +147,7 @@ class VisionTransformer(nn.Module):
         pool: str = "cls",
         patch_embed: str = "conv",
         norm_eps: float = 1e-6,
+        pos_table_size: int | None = None,
         **mixer_options: Any,
     ) -> None:
         super().__init__()
@@ -166,7 +170,11 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = 0 if pool == "mean" else 2 if distilled else 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if pool == "cls" else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.num_patches, embed_dim))
+        tokens = self.num_prefix_tokens + self.num_patches
+        if pos_table_size is not None and pos_table_size < tokens:
+            raise ValueError(f"pos_table_size {pos_table_size} must hold the {tokens} tokens (prefix + patches)")
+        self.oversized_positions = pos_table_size is not None and pos_table_size > tokens
+        self.pos_embed = nn.Parameter(torch.zeros(1, pos_table_size or tokens, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate if emb_dropout is None else emb_dropout)
         rates = torch.linspace(0, drop_path_rate, depth).tolist()
         self.layers = nn.Sequential(
@@ -210,8 +218,25 @@ class VisionTransformer(nn.Module):
         tokens = torch.cat([token.expand(x.shape[0], -1, -1) for token in prefix] + [patches], dim=1)
         return self.norm(self.layers(self.pos_drop(tokens + position)))
 
+    @property
+    def unused_parameters(self) -> int:
+        """Parameters the forward never uses at ``img_size``.
+
+        The rows of an oversized position table past its tokens; 0 otherwise.
+        """
+        used = self.num_prefix_tokens + self.num_patches
+        return (self.pos_embed.shape[1] - used) * self.pos_embed.shape[2]
+
     def position_embedding(self, grid_height: int, grid_width: int) -> torch.Tensor:
-        """The learned positions (1, prefix + patches, D), resampled when the patch grid differs from training's."""
+        """The learned positions (1, prefix + patches, D), resampled when the patch grid differs from training's.
+
+        An oversized table (``pos_table_size``) gives its first rows instead, for any grid it can hold.
+        """
+        if self.oversized_positions:
+            tokens = self.num_prefix_tokens + grid_height * grid_width
+            if tokens > self.pos_embed.shape[1]:
+                raise ValueError(f"{tokens} tokens need more than the {self.pos_embed.shape[1]} position rows")
+            return self.pos_embed[:, :tokens]
         if (grid_height, grid_width) == self.grid_size:
             return self.pos_embed
         return resample_abs_pos_embed(
@@ -292,3 +317,42 @@ def hybrid_vit(
         stem_channels=64,
         **{**size_options(size), **options},
     )
+
+
+# The seed's ViT table (vit-pytorch ≥ 1.0 models on MNIST): dim 128, depth 6, 4 heads of 64, MLP 256, patch 14 on
+# 28×28, LayerNorm → Linear → LayerNorm patch embedding, qkv without bias, LayerNorm epsilon 1e-5, and image_size
+# given as the pixel count (784), so the position table has (784 / 14)² + 1 = 3,137 rows of which 5 are used.
+SEED_OPTIONS: dict[str, Any] = {
+    "embed_dim": 128, "depth": 6, "num_heads": 4, "dim_head": 64, "mlp_dim": 256, "patch_embed": "linear",
+    "qkv_bias": False, "norm_eps": 1e-5,
+}  # fmt: skip
+
+
+@register_model("seed_vit", family="vit", num_classes=10, in_chans=1, image_size=28)
+def seed_vit(**options: Any) -> VisionTransformer:
+    """The seed's ViT: 1,614,866 parameters (1,213,970 used: the position table is oversized, see SEED_OPTIONS)."""
+    return VisionTransformer(**{"img_size": 28, "patch_size": 14, "pos_table_size": 3137, **SEED_OPTIONS, **options})
+
+
+@register_model("seed_deepvit", family="vit", num_classes=10, in_chans=1, image_size=28)
+def seed_deepvit(**options: Any) -> VisionTransformer:
+    """The seed's DeepViT: 1,615,010 parameters (re-attention with a LayerNorm over heads, as vit-pytorch)."""
+    seed = {"img_size": 28, "patch_size": 14, "pos_table_size": 3137, "mixer": "reattention", "norm": "layer"}
+    return VisionTransformer(**{**seed, **SEED_OPTIONS, **options})
+
+
+@register_model("seed_hybrid_vit", family="vit", num_classes=100, in_chans=1, image_size=28)
+def seed_hybrid_vit(*, in_chans: int, **options: Any) -> VisionTransformer:
+    """The seed's hybrid: the MNIST example's convolutions, then the seed's ViT on their 12×12 map.
+
+    Patch 6 and image_size given as 144 (a 577-row position table, 5 used); its published 1,591,652 parameters
+    hold only with a 100-class head (the seed's own set-up; MNIST has 10).
+    """
+    seed = {
+        "img_size": 12,
+        "patch_size": 6,
+        "pos_table_size": 577,
+        "stem": mnist_features(in_chans),
+        "stem_channels": 64,
+    }
+    return VisionTransformer(in_chans=in_chans, **{**seed, **SEED_OPTIONS, **options})
