@@ -164,3 +164,60 @@ def test_the_seed_vits_equal_vit_pytorch_with_its_oversized_position_table(name:
     images = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(ours(images), peer(images), atol=1e-5, rtol=1e-5)
+
+
+def peers() -> dict[str, torch.nn.Module]:
+    """Small peers of every kind convert takes, with random weights."""
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.swin_transformer import SwinTransformer
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+    from vit_pytorch.deepvit import DeepViT
+
+    timm_options = {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "embed_dim": 32, "depth": 2,
+                    "num_heads": 4}  # fmt: skip
+    return {
+        "timm ViT": TimmViT(**timm_options),
+        "timm DeiT": VisionTransformerDistilled(**timm_options),
+        "timm Swin": SwinTransformer(img_size=32, patch_size=2, in_chans=1, num_classes=10, embed_dim=16,
+                                     depths=(2, 2), num_heads=(2, 4), window_size=4),
+        "vit-pytorch ViT": vit_pytorch.ViT(image_size=(28, 21), patch_size=(7, 3), num_classes=10, dim=24, depth=2,
+                                           heads=2, dim_head=8, mlp_dim=40, channels=3, pool="mean"),
+        "vit-pytorch DeepViT": DeepViT(image_size=28, patch_size=7, num_classes=10, dim=32, depth=2, heads=4,
+                                       dim_head=16, mlp_dim=48, channels=1),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["timm ViT", "timm DeiT", "timm Swin", "vit-pytorch ViT", "vit-pytorch DeepViT"])
+def test_convert_reads_the_configuration_and_gives_the_same_logits(kind: str) -> None:
+    from attngraft.models import convert
+
+    torch.manual_seed(0)
+    peer = peers()[kind].eval()
+    with torch.no_grad():
+        for parameter in peer.parameters():
+            parameter.normal_(0, 0.2)
+    ours = convert(peer, image_size=(28, 21) if kind == "vit-pytorch ViT" else None).eval()
+    shape = {"timm Swin": (2, 1, 32, 32), "vit-pytorch ViT": (2, 3, 28, 21)}.get(kind, (2, 1, 28, 28))
+    images = torch.randn(*shape)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images), peer(images), atol=1e-5, rtol=1e-5)
+
+
+def test_convert_refuses_what_it_cannot_express() -> None:
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    from attngraft.models import convert
+
+    pooled = TimmViT(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=1, num_heads=4,
+                     global_pool="avg")  # fmt: skip
+    with pytest.raises(ValueError, match=r"global_pool='avg' \(attngraft supports 'token'"):
+        convert(pooled)
+    scaled = TimmViT(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=1, num_heads=4,
+                     init_values=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match="init_values='LayerScale'"):
+        convert(scaled)
+    with pytest.raises(ValueError, match=r"cannot convert a torch\.nn\.modules\.linear\.Linear"):
+        convert(torch.nn.Linear(2, 2))
+    oversized = vit_pytorch.ViT(image_size=784, patch_size=14, num_classes=10, dim=32, depth=1, heads=2,
+                                mlp_dim=32, channels=1)  # fmt: skip
+    assert convert(oversized, image_size=28)(torch.randn(1, 1, 28, 28)).shape == (1, 10)  # the seed's set-up

@@ -4,7 +4,7 @@ Importing this package registers every model; see :func:`create_model` and :func
 """
 
 from attngraft.models import cnn, resnet, swin, vit
-from attngraft.models.convert import load_foreign_weights
+from attngraft.models.convert import convert, load_foreign_weights
 from attngraft.models.cost import count_parameters, count_used_parameters, flops
 from attngraft.models.factory import MODELS, ModelSpec, create_model, list_models, register_model
 
@@ -12,6 +12,7 @@ __all__ = [
     "MODELS",
     "ModelSpec",
     "cnn",
+    "convert",
     "count_parameters",
     "count_used_parameters",
     "create_model",

@@ -17,6 +17,7 @@ loads it, refusing (naming the keys) any missing, unexpected or mis-shaped tenso
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -158,3 +159,115 @@ def load_foreign_weights(model: nn.Module, state_dict: StateDict, source: str) -
         )
     model.load_state_dict(renamed, strict=True)
     return list(renamed)
+
+
+def _refuse(peer: Any, option: str, found: object, needed: str) -> ValueError:
+    return ValueError(f"cannot convert this {type(peer).__name__}: {option}={found!r} ({needed})")
+
+
+def _timm_vit_options(peer: Any) -> tuple[str, dict[str, Any]]:
+    """The ``create_model`` name and options of a timm ``VisionTransformer`` (or DeiT's distilled one)."""
+    checks = {
+        "global_pool": (getattr(peer, "global_pool", None), "token", "attngraft classifies the class token"),
+        "num_reg_tokens": (getattr(peer, "num_reg_tokens", 0), 0, "no register tokens"),
+        "no_embed_class": (getattr(peer, "no_embed_class", False), False, "class token inside the positions"),
+    }
+    for option, (found, needed, why) in checks.items():
+        if found != needed:
+            raise _refuse(peer, option, found, f"attngraft supports {needed!r}: {why}")
+    first = peer.blocks[0]
+    for option, module in {"norm_pre": peer.norm_pre, "fc_norm": peer.fc_norm, "init_values": first.ls1,
+                           "qk_norm": first.attn.q_norm}.items():  # fmt: skip
+        if not isinstance(module, nn.Identity):
+            raise _refuse(peer, option, type(module).__name__, "attngraft's ViT has none")
+    patch = peer.patch_embed
+    name = "deit" if getattr(peer, "dist_token", None) is not None else "vit"
+    return name, {
+        "num_classes": peer.num_classes, "in_chans": patch.proj.in_channels, "img_size": tuple(patch.img_size),
+        "patch_size": tuple(patch.patch_size), "embed_dim": patch.proj.out_channels, "depth": len(peer.blocks),
+        "num_heads": first.attn.num_heads, "mlp_dim": first.mlp.fc1.out_features, "norm_eps": peer.norm.eps,
+        "qkv_bias": first.attn.qkv.bias is not None,
+    }  # fmt: skip
+
+
+def _timm_swin_options(peer: Any) -> tuple[str, dict[str, Any]]:
+    """The ``create_model`` name and options of a timm ``SwinTransformer``."""
+    patch = peer.patch_embed
+    if patch.img_size[0] != patch.img_size[1] or patch.patch_size[0] != patch.patch_size[1]:
+        raise _refuse(peer, "img_size", tuple(patch.img_size), "attngraft's Swin takes square images and patches")
+    stages = list(peer.layers)
+    block = stages[0].blocks[0]
+    return "swin", {
+        "num_classes": peer.num_classes, "in_chans": patch.proj.in_channels, "img_size": patch.img_size[0],
+        "patch_size": patch.patch_size[0], "embed_dim": patch.proj.out_channels,
+        "depths": tuple(len(stage.blocks) for stage in stages),
+        "num_heads": tuple(stage.blocks[0].attn.num_heads for stage in stages),
+        "window_size": block.window_size[0], "mlp_ratio": block.mlp.fc1.out_features / block.mlp.fc1.in_features,
+    }  # fmt: skip
+
+
+def _vit_pytorch_options(peer: Any, image_size: int | tuple[int, int] | None) -> tuple[str, dict[str, Any]]:
+    """The ``create_model`` name and options of a vit-pytorch ``ViT`` or ``DeepViT``."""
+    deep = type(peer).__name__ == "DeepViT"
+    if deep and peer.pool != "cls":
+        raise _refuse(peer, "pool", peer.pool, "DeepViT's mean pools before its final norm; attngraft after")
+    embed = peer.to_patch_embedding
+    linear, layers = embed[2], peer.transformer.layers
+    attention, heads = layers[0][0], layers[0][0].heads
+    dim_head = attention.to_qkv.out_features // 3 // heads
+    if not deep and isinstance(attention.to_out, nn.Identity):
+        raise _refuse(peer, "heads", heads, "one head as wide as the model has no output projection in vit-pytorch")
+    positions = peer.pos_embedding.reshape(-1, linear.out_features).shape[0]
+    prefix = 1 if deep or peer.pool == "cls" else 0
+    lengths = dict(getattr(embed[0], "axes_lengths", {}))  # the einops Rearrange that cuts the patches
+    patch = (int(lengths["p1"]), int(lengths["p2"]))
+    if image_size is None:
+        side = round((positions - prefix) ** 0.5)
+        if side * side != positions - prefix:
+            raise ValueError(f"cannot infer the image size of this {type(peer).__name__}: pass image_size=")
+        image_size = (side * patch[0], side * patch[1])
+    sides = (image_size, image_size) if isinstance(image_size, int) else image_size
+    channels = linear.in_features // (patch[0] * patch[1])
+    head = peer.mlp_head[-1] if deep else peer.mlp_head
+    if head is None:
+        raise _refuse(peer, "num_classes", 0, "attngraft's ViTs have a classifier")
+    return "deepvit" if deep else "vit", {
+        "num_classes": head.out_features, "in_chans": channels, "img_size": sides, "patch_size": patch,
+        "embed_dim": linear.out_features, "depth": len(layers), "num_heads": heads, "dim_head": dim_head,
+        "mlp_dim": layers[0][1].net[1].out_features, "pool": "cls" if deep else peer.pool, "patch_embed": "linear",
+        "qkv_bias": False, "norm_eps": embed[1].eps, "pos_table_size": positions,
+        **({"norm": "layer"} if deep else {}),
+    }  # fmt: skip
+
+
+def convert(peer: nn.Module, *, image_size: int | tuple[int, int] | None = None) -> nn.Module:
+    """The attngraft model equal to ``peer``: its configuration read from the instance, its weights copied.
+
+    Peers: timm ``VisionTransformer`` (DeiT's distilled one included) and ``SwinTransformer``; vit-pytorch ``ViT``
+    and ``DeepViT``.
+
+    Args:
+        peer: The model to convert.
+        image_size: vit-pytorch models only, when their position table does not say it (not square, or oversized
+            as in the seed's models): the images' (height, width) or side.
+
+    Raises:
+        ValueError: A peer of another kind, or a configuration attngraft cannot express (the option named).
+    """
+    from attngraft.models.factory import create_model
+
+    kind = f"{type(peer).__module__}.{type(peer).__name__}"
+    if kind.startswith("timm.") and hasattr(peer, "blocks"):
+        (name, options), source = _timm_vit_options(peer), "timm"
+    elif kind.startswith("timm.") and type(peer).__name__ == "SwinTransformer":
+        (name, options), source = _timm_swin_options(peer), "timm"
+    elif kind.startswith("vit_pytorch.") and type(peer).__name__ in ("ViT", "DeepViT"):
+        (name, options), source = _vit_pytorch_options(peer, image_size), "vit_pytorch"
+    else:
+        raise ValueError(
+            f"cannot convert a {kind}: convert takes timm's VisionTransformer and SwinTransformer and vit-pytorch's "
+            "ViT and DeepViT"
+        )
+    model = create_model(name, **options)
+    load_foreign_weights(model, peer.state_dict(), source)
+    return model
