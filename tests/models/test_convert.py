@@ -221,3 +221,24 @@ def test_convert_refuses_what_it_cannot_express() -> None:
     oversized = vit_pytorch.ViT(image_size=784, patch_size=14, num_classes=10, dim=32, depth=1, heads=2,
                                 mlp_dim=32, channels=1)  # fmt: skip
     assert convert(oversized, image_size=28)(torch.randn(1, 1, 28, 28)).shape == (1, 10)  # the seed's set-up
+
+
+def test_emb_dropout_is_separate_from_the_layers_dropout() -> None:
+    model = create_model("vit", emb_dropout=0.3, drop_rate=0.1)
+    assert model.pos_drop.p == 0.3
+    assert model.layers[0].mlp.drop1.p == 0.1
+    assert create_model("vit", drop_rate=0.2).pos_drop.p == 0.2  # unset: the layers' rate, as before
+
+
+def test_position_tables_are_checked_and_oversized_ones_sliced() -> None:
+    with pytest.raises(ValueError, match="pos_table_size 10 must hold the 17 tokens"):
+        create_model("vit", pos_table_size=10)  # 28×28 in 7×7 patches: 16 patches + the class token
+    model = create_model("vit", pos_table_size=40).eval()
+    assert model.unused_parameters == (40 - 17) * 64
+    images = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(images)
+        model.pos_embed[:, 17:] = 1e3  # rows past the tokens change nothing
+        assert torch.equal(model(images), expected)
+        model.pos_embed[:, 16] = 1e3  # a used row does
+        assert not torch.equal(model(images), expected)
