@@ -146,12 +146,27 @@ def neighbourhood_attention(
     """
     check_backend(backend)
     check_shapes(query, key, value, kernel_size, (row_embedding, col_embedding, offset_bias))
-    # One dtype for everything the kernels save (under bf16 autocast the projections are bf16, parameters fp32).
-    dtype = query.dtype
-    key, value = key.to(dtype), value.to(dtype)
-    embeddings = tuple(
-        None if tensor is None else tensor.to(dtype) for tensor in (row_embedding, col_embedding, offset_bias)
-    )
+    embeddings = _in_dtype(query.dtype, (row_embedding, col_embedding, offset_bias))
+    return _attend(query, key.to(query.dtype), value.to(query.dtype), kernel_size, embeddings, backend)
+
+
+def _in_dtype(dtype: torch.dtype, tensors: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...]:
+    """The optional logit terms in the activations' dtype, so everything the kernels save shares one.
+
+    (Under bf16 autocast the projections are bf16 and the embeddings fp32 parameters.)
+    """
+    return tuple(None if tensor is None else tensor.to(dtype) for tensor in tensors)
+
+
+def _attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    kernel_size: int,
+    embeddings: tuple[torch.Tensor | None, ...],
+    backend: str | None,
+) -> torch.Tensor:
+    """The attention on the chosen backend; inputs already checked and in one dtype."""
     if plain_path_required(query):
         return neighbourhood_attention_reference(query, key, value, kernel_size, *embeddings)[0]
     name = choose_backend(query.device, backend)
@@ -185,17 +200,12 @@ def packed_neighbourhood_attention(
         raise ValueError(f"k×k attention: qkv must be (B, 3, heads, D, H, W), got shape {tuple(qkv.shape)}")
     query, key, value = qkv.unbind(1)
     check_shapes(query, key, value, kernel_size, (row_embedding, col_embedding, offset_bias))
+    embeddings = _in_dtype(qkv.dtype, (row_embedding, col_embedding, offset_bias))
     if not plain_path_required(qkv) and choose_backend(qkv.device, backend) == "native":
         from attngraft.blocks.kernels import cpu  # noqa: F401  (registers the operators on first use)
 
-        embeddings = tuple(
-            None if tensor is None else tensor.to(qkv.dtype) for tensor in (row_embedding, col_embedding, offset_bias)
-        )
         return torch.ops.attngraft.packed_neighbourhood_attention(qkv, *embeddings, kernel_size)[0]
-    return neighbourhood_attention(
-        query, key, value, kernel_size, row_embedding=row_embedding, col_embedding=col_embedding,
-        offset_bias=offset_bias, backend=backend,
-    )  # fmt: skip
+    return _attend(query, key, value, kernel_size, embeddings, backend)
 
 
 __all__ = [
