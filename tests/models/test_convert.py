@@ -242,3 +242,8 @@ def test_position_tables_are_checked_and_oversized_ones_sliced() -> None:
         assert torch.equal(model(images), expected)
         model.pos_embed[:, 16] = 1e3  # a used row does
         assert not torch.equal(model(images), expected)
+
+
+def test_a_non_positive_mlp_width_is_refused() -> None:
+    with pytest.raises(ValueError, match="mlp_dim must be a positive integer, got -3"):
+        create_model("vit", mlp_dim=-3)

@@ -51,6 +51,8 @@ class EncoderLayer(Block):
         super().__init__(dim)
         if BLOCKS.get(mixer).layout != "tokens":
             raise ValueError(f"EncoderLayer: mixer {mixer!r} takes maps; token mixers: {list_blocks(layout='tokens')}")
+        if mlp_dim is not None and mlp_dim < 1:
+            raise ValueError(f"EncoderLayer: mlp_dim must be a positive integer, got {mlp_dim}")
         if "proj_drop" not in mixer_options and drop:
             mixer_options["proj_drop"] = drop
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
